@@ -1,4 +1,4 @@
-"""Keypoint sets as data: COCO-17 names, flip pairs, limbs, OKS sigmas, and the AI Challenger map."""
+"""Keypoint sets as data: COCO-17 names, flip pairs, limbs, OKS sigmas, the AI Challenger map."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ COCO_LIMB_COLORS: tuple[tuple[int, int, int], ...] = (
     _LEFT, _LEFT, _RIGHT, _RIGHT, _CENTRE, _CENTRE, _CENTRE, _CENTRE, _LEFT,
     _RIGHT, _LEFT, _RIGHT, _CENTRE, _CENTRE, _CENTRE, _CENTRE, _CENTRE, _CENTRE, _CENTRE,
 )  # fmt: skip
-COCO_KEYPOINT_COLORS: tuple[tuple[int, int, int], ...] = (
-    (_CENTRE,) * 5 + tuple(_LEFT if i % 2 else _RIGHT for i in range(5, 17))
+COCO_KEYPOINT_COLORS: tuple[tuple[int, int, int], ...] = (_CENTRE,) * 5 + tuple(
+    _LEFT if i % 2 else _RIGHT for i in range(5, 17)
 )
 
 # pycocotools' per-keypoint OKS constants (COCOeval.Params.kpt_oks_sigmas).

@@ -1,0 +1,149 @@
+"""Boxes, crop regions and the maps between image, crop and heatmap pixels.
+
+One convention everywhere: pixel (row i, column j) has its centre at (x=j, y=i), in image, crop and
+heatmap space alike. A region is a centre and a size (w, h) in image pixels; a grid of (H, W) pixels
+laid over it covers it edge to edge, so the grid's pixel extent [-0.5, W - 0.5] spans the region's
+[cx - w/2, cx + w/2]. The crop (H_in, W_in) and the heatmap (H_in/s, W_in/s) are two grids over the
+same region, so one formula maps either to the image, and crop <-> heatmap is consistent with the
+network's stride: x_crop = s * (x_hm + 0.5) - 0.5.
+
+All functions are batched over people: centre (N, 2), scale (N, 2), points (N, K, 2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PADDING = 1.25
+
+
+def box_to_center_scale(
+    boxes: Tensor, aspect_ratio: float, padding: float = PADDING
+) -> tuple[Tensor, Tensor]:
+    """Boxes (N, 4) x1, y1, x2, y2 in image pixels -> centre (N, 2) and region size (N, 2) w, h.
+
+    The box is grown to `aspect_ratio` (w / h of the network input) around its centre, then
+    padded by `padding`, so the person keeps its proportions and some context.
+    """
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be (N, 4) x1, y1, x2, y2, got {tuple(boxes.shape)}")
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    center = torch.stack(((x1 + x2) / 2, (y1 + y2) / 2), dim=-1)
+    # A degenerate box (zero or negative size) still gets a one-pixel region, never a zero scale.
+    w = (x2 - x1).clamp(min=1.0)
+    h = (y2 - y1).clamp(min=1.0)
+    w = torch.maximum(w, h * aspect_ratio)
+    h = torch.maximum(h, w / aspect_ratio)
+    return center, torch.stack((w, h), dim=-1) * padding
+
+
+def center_scale_to_box(center: Tensor, scale: Tensor) -> Tensor:
+    """Centre (N, 2) and region size (N, 2) -> boxes (N, 4) x1, y1, x2, y2 in image pixels."""
+    return torch.cat((center - scale / 2, center + scale / 2), dim=-1)
+
+
+def grid_to_image_matrix(
+    center: Tensor, scale: Tensor, size: tuple[int, int], rotation: Tensor | None = None
+) -> Tensor:
+    """Affine maps (N, 2, 3) from a grid of `size` (H, W) pixels over each region to image pixels.
+
+    `rotation` (N,) in degrees turns the region counter-clockwise about its centre (training
+    augmentation); the grid stays axis-aligned. Works for the crop grid and the heatmap grid.
+    """
+    h, w = size
+    sx = scale[:, 0] / w
+    sy = scale[:, 1] / h
+    if rotation is None:
+        cos = torch.ones_like(sx)
+        sin = torch.zeros_like(sx)
+    else:
+        rad = rotation.to(sx.dtype) * (math.pi / 180)
+        cos, sin = torch.cos(rad), torch.sin(rad)
+    # Image y points down, so a counter-clockwise turn on screen is R(-theta) in these axes.
+    a = torch.stack((cos * sx, sin * sy, -sin * sx, cos * sy), dim=-1).view(-1, 2, 2)
+    grid_center = center.new_tensor(((w - 1) / 2, (h - 1) / 2))
+    t = center - (a @ grid_center.expand_as(center).unsqueeze(-1)).squeeze(-1)
+    return torch.cat((a, t.unsqueeze(-1)), dim=-1)
+
+
+def invert_affine(matrix: Tensor) -> Tensor:
+    """Inverse of affine maps (N, 2, 3)."""
+    a_inv = torch.linalg.inv(matrix[:, :, :2])
+    t = -(a_inv @ matrix[:, :, 2:])
+    return torch.cat((a_inv, t), dim=-1)
+
+
+def apply_affine(matrix: Tensor, points: Tensor) -> Tensor:
+    """Apply affine maps (N, 2, 3) to points (N, K, 2) -> (N, K, 2)."""
+    return points @ matrix[:, :, :2].transpose(1, 2) + matrix[:, None, :, 2]
+
+
+def grid_to_image(points: Tensor, center: Tensor, scale: Tensor, size: tuple[int, int]) -> Tensor:
+    """Points (N, K, 2) in a crop or heatmap grid of `size` (H, W) -> image pixels (N, K, 2)."""
+    h, w = size
+    grid_size = points.new_tensor((w, h))
+    return center[:, None] + (points + 0.5 - grid_size / 2) * (scale[:, None] / grid_size)
+
+
+def image_to_grid(points: Tensor, center: Tensor, scale: Tensor, size: tuple[int, int]) -> Tensor:
+    """Image pixels (N, K, 2) -> points in a crop or heatmap grid of `size` (H, W) (N, K, 2)."""
+    h, w = size
+    grid_size = points.new_tensor((w, h))
+    return (points - center[:, None]) * (grid_size / scale[:, None]) + grid_size / 2 - 0.5
+
+
+def heatmap_to_crop(points: Tensor, stride: float) -> Tensor:
+    """Heatmap pixels -> crop pixels for a network of output `stride`; any leading shape."""
+    return (points + 0.5) * stride - 0.5
+
+
+def crop_to_heatmap(points: Tensor, stride: float) -> Tensor:
+    """Crop pixels -> heatmap pixels for a network of output `stride`; any leading shape."""
+    return (points + 0.5) / stride - 0.5
+
+
+def warp_crops(
+    images: Tensor,
+    batch_index: Tensor,
+    center: Tensor,
+    scale: Tensor,
+    size: tuple[int, int],
+    rotation: Tensor | None = None,
+    flip: bool = False,
+) -> Tensor:
+    """Cut N regions out of a batch of images in one bilinear warp on the images' device.
+
+    images (B, C, H, W) float; batch_index (N,) which image each region comes from; centre and
+    scale (N, 2) in image pixels; size (H_out, W_out). Returns (N, C, H_out, W_out); pixels outside
+    the image are 0. With `flip`, each crop is mirrored left-right (flip test), which is the same
+    as sampling the mirrored region: crop pixel x <- W_out - 1 - x.
+    """
+    if center.shape[0] == 0:
+        return images.new_zeros((0, images.shape[1], *size))
+    h_out, w_out = size
+    h_img, w_img = images.shape[-2:]
+    matrix = grid_to_image_matrix(center, scale, size, rotation).to(images.dtype)
+    ys = torch.arange(h_out, device=images.device, dtype=images.dtype)
+    xs = torch.arange(w_out, device=images.device, dtype=images.dtype)
+    if flip:
+        xs = xs.flip(0)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack((gx, gy), dim=-1).reshape(1, -1, 2).expand(center.shape[0], -1, -1)
+    pts = apply_affine(matrix, grid)
+    # grid_sample with align_corners=False puts -1 and 1 on the outer pixel edges, which is
+    # the same pixel-centre convention: x_norm = (2x + 1) / W - 1.
+    img_size = pts.new_tensor((w_img, h_img))
+    norm = (2 * pts + 1) / img_size - 1
+    # One frame (the streaming case) is shared by all crops without copying it per person.
+    src = (
+        images.expand(center.shape[0], -1, -1, -1) if images.shape[0] == 1 else images[batch_index]
+    )
+    out = F.grid_sample(
+        src, norm.view(-1, h_out, w_out, 2), mode="bilinear", padding_mode="zeros",
+        align_corners=False,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,521 @@
+"""Frame sources: video files and streams (PyAV), image folders, webcams (OpenCV).
+
+Every source reads on a background thread into a small buffer and is consumed by iterating it:
+
+    with open_source("clip.mp4", realtime=False) as source:
+        for frame in source:          # Frame: index, pts (s), RGB uint8 (H, W, 3)
+            ...
+
+Two modes:
+
+- batch (`realtime=False`): every frame arrives, in order; the reader blocks while the buffer
+  is full, so a slow consumer slows the reader down and nothing is dropped.
+- realtime (`realtime=True`): the buffer holds only the newest frame; a frame the consumer has
+  not taken when the next one arrives is dropped and counted in `source.dropped`, so the
+  latency from capture to processing stays at most one frame. A file in realtime mode is played
+  at its frame rate (times `playback_rate`), as a camera would deliver it.
+
+An error on the reader thread is raised in the consumer (as a RuntimeError whose cause is the
+original error) once the frames read before it have been consumed; it never ends the stream
+silently.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+LIVE_URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp"})
+DEFAULT_FPS = 30.0  # used when a source does not report its frame rate
+_CAMERA_DEVICE = re.compile(r"^/dev/video\d+$")
+
+
+@dataclass(frozen=True, eq=False)  # arrays: compare fields explicitly
+class Frame:
+    """One decoded frame.
+
+    Attributes:
+        index: position of the frame in its source, counting dropped frames.
+        pts: presentation time in seconds (the container's time for files and streams,
+            seconds since the first frame for cameras, index / fps for image folders).
+        image: (H, W, 3) uint8 RGB, C-contiguous, in image pixels.
+        captured: `time.monotonic()` when the reader produced the frame, for latency figures.
+    """
+
+    index: int
+    pts: float
+    image: np.ndarray
+    captured: float
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    """Where a source's audio lives, so a sink can copy its packets without re-encoding."""
+
+    path: str
+    stream_index: int
+    codec: str
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source knows about itself before the first frame is consumed.
+
+    Attributes:
+        name: the path, URL or camera it reads, for messages.
+        fps: average frame rate (frames per second).
+        width, height: frame size in pixels (of the first image, for folders).
+        frame_count: number of frames if the container says so, else None.
+        audio: the audio stream to copy into an output video, or None.
+        live: True for cameras and live streams (no pacing, no known end).
+    """
+
+    name: str
+    fps: float
+    width: int
+    height: int
+    frame_count: int | None
+    audio: AudioTrack | None
+    live: bool
+
+
+class _FrameBuffer:
+    """Bounded hand-over between the reader thread and the consumer.
+
+    With `drop_oldest`, a put on a full buffer discards the oldest frame (realtime); otherwise
+    it waits for room (batch). The end of the stream and a reader error are flags, not items,
+    so they are never dropped and never displace a frame.
+    """
+
+    def __init__(self, capacity: int, drop_oldest: bool) -> None:
+        self._frames: collections.deque[Frame] = collections.deque()
+        self._capacity = capacity
+        self._drop_oldest = drop_oldest
+        self._cond = threading.Condition()
+        self._finished = False
+        self._closed = False
+        self.error: BaseException | None = None
+        self.dropped = 0
+        self.produced = 0
+
+    def put(self, frame: Frame) -> bool:
+        """Hand a frame over; False once the consumer has closed the buffer."""
+        with self._cond:
+            while not self._drop_oldest and len(self._frames) >= self._capacity:
+                if self._closed:
+                    return False
+                self._cond.wait()
+            if self._closed:
+                return False
+            if len(self._frames) >= self._capacity:
+                self._frames.popleft()
+                self.dropped += 1
+            self._frames.append(frame)
+            self.produced += 1
+            self._cond.notify_all()
+            return True
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self._finished = True
+            self.error = error
+            self._cond.notify_all()
+
+    def get(self) -> Frame | None:
+        """The next frame; None at the end (check `error` then) or once closed."""
+        with self._cond:
+            while not self._frames and not self._finished and not self._closed:
+                self._cond.wait()
+            if self._frames:
+                frame = self._frames.popleft()
+                self._cond.notify_all()
+                return frame
+            return None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._frames.clear()
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._frames)
+
+
+class FrameSource:
+    """Base of all sources: a reader thread feeding a `_FrameBuffer`; iterate to consume.
+
+    Subclasses open their input in `__init__` (so a bad input fails there, on the caller's
+    thread), set `self.info`, and implement `_read()` (a generator of Frames, run on the reader
+    thread) and `_release()` (called once, on the reader thread when it ran).
+    """
+
+    info: SourceInfo
+
+    def __init__(self, realtime: bool, queue_size: int = 8, playback_rate: float = 1.0) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if not playback_rate > 0:
+            raise ValueError(f"playback_rate must be > 0 (inf = unpaced), got {playback_rate}")
+        self.realtime = realtime
+        self._buffer = _FrameBuffer(1 if realtime else queue_size, drop_oldest=realtime)
+        self._playback_rate = playback_rate
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._released = False
+        self._lock = threading.Lock()
+
+    # -- the reader side -------------------------------------------------------------------
+
+    def _read(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _release_once(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        try:
+            self._release()
+        except Exception:  # a failed close must not hide the stream's own outcome
+            log.exception("closing %s failed", self.info.name)
+
+    def _paced(self) -> bool:
+        return self.realtime and not self.info.live and self._playback_rate != float("inf")
+
+    def _run(self) -> None:
+        paced = self._paced()
+        start_wall = start_pts = None
+        frames = self._read()
+        try:
+            for frame in frames:
+                if self._stop.is_set():
+                    break
+                if paced:
+                    if start_wall is None:
+                        start_wall, start_pts = time.monotonic(), frame.pts
+                    due = start_wall + (frame.pts - start_pts) / self._playback_rate
+                    if self._stop.wait(max(0.0, due - time.monotonic())):
+                        break
+                    frame = Frame(frame.index, frame.pts, frame.image, time.monotonic())
+                if not self._buffer.put(frame):
+                    break
+            self._buffer.finish()
+        except BaseException as err:  # surfaces in the consumer's next()
+            self._buffer.finish(err)
+        finally:
+            frames.close()  # before the input it reads from is released
+            self._release_once()
+
+    # -- the consumer side -----------------------------------------------------------------
+
+    def start(self) -> FrameSource:
+        """Start the reader thread (iteration and `with` start it too; calling twice is fine)."""
+        if self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(
+                target=self._run, name=f"reader:{self.info.name}", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def __iter__(self) -> FrameSource:
+        return self
+
+    def __next__(self) -> Frame:
+        self.start()
+        frame = self._buffer.get()
+        if frame is not None:
+            return frame
+        error = self._buffer.error
+        if error is not None and not self._stop.is_set():
+            raise RuntimeError(
+                f"{self.info.name}: reading failed after {self._buffer.produced} frames: {error}"
+            ) from error
+        raise StopIteration
+
+    @property
+    def dropped(self) -> int:
+        """Frames read but discarded because the consumer was busy (always 0 in batch mode)."""
+        return self._buffer.dropped
+
+    @property
+    def produced(self) -> int:
+        """Frames the reader has handed to the buffer so far (consumed, pending or dropped)."""
+        return self._buffer.produced
+
+    @property
+    def finished(self) -> bool:
+        """True once the reader thread has stopped (end of input, error or close)."""
+        return self._released
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the reader thread and release the input. Safe to call more than once."""
+        self._stop.set()
+        self._buffer.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                # Blocked inside a network read; the thread releases the input when it returns.
+                log.warning("reader of %s did not stop within %.1f s", self.info.name, timeout)
+                return
+        self._release_once()
+
+    def __enter__(self) -> FrameSource:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class VideoSource(FrameSource):
+    """A video file or a network stream (RTSP, RTMP, HTTP, ...) decoded with PyAV.
+
+    The container is opened and its first frame decoded in the constructor, so a missing,
+    corrupt or unreachable input raises here: ValueError naming the input and PyAV's reason.
+    """
+
+    def __init__(
+        self,
+        path_or_url: str | Path,
+        realtime: bool,
+        queue_size: int = 8,
+        playback_rate: float = 1.0,
+        timeout: float = 10.0,
+    ) -> None:
+        super().__init__(realtime, queue_size, playback_rate)
+        name = str(path_or_url)
+        is_url = "://" in name
+        options = {"rtsp_transport": "tcp"} if name.startswith("rtsp") else {}
+        try:
+            self._container = av.open(name, options=options, timeout=(timeout, timeout))
+        except av.error.FileNotFoundError as err:
+            raise FileNotFoundError(f"video not found: {name}") from err
+        except (av.error.FFmpegError, OSError) as err:
+            raise ValueError(f"{name}: not a decodable video: {err}") from err
+        try:
+            if not self._container.streams.video:
+                raise ValueError(
+                    f"{name}: not a decodable video: no video stream "
+                    f"(read as {self._container.format.name})"
+                )
+            stream = self._container.streams.video[0]
+            stream.thread_type = "AUTO"
+            self._frames = self._container.decode(stream)
+            try:
+                first = next(self._frames)
+            except StopIteration:
+                raise ValueError(f"{name}: not a decodable video: no frame in the stream") from None
+            except av.error.FFmpegError as err:
+                raise ValueError(f"{name}: not a decodable video: {err}") from err
+        except BaseException:
+            self._container.close()
+            raise
+        self._first = first
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            log.warning("%s reports no frame rate; assuming %.0f fps", name, DEFAULT_FPS)
+        scheme = name.split("://", 1)[0].lower() if is_url else ""
+        self.info = SourceInfo(
+            name=name,
+            fps=float(rate) if rate else DEFAULT_FPS,
+            width=first.width,
+            height=first.height,
+            frame_count=stream.frames or None,
+            audio=_audio_track(self._container, name) if not is_url else None,
+            live=scheme in LIVE_URL_SCHEMES or (is_url and self._container.duration is None),
+        )
+
+    def _read(self) -> Iterator[Frame]:
+        fps = self.info.fps
+        frames = self._frames
+        yield self._convert(0, self._first, fps)
+        self._first = None
+        index = 0
+        for index, frame in enumerate(frames, start=1):
+            yield self._convert(index, frame, fps)
+        expected = self.info.frame_count
+        if expected and index + 1 < expected and not self._stop.is_set():
+            log.warning(
+                "%s ended after %d of %d frames; the file may be truncated",
+                *(self.info.name, index + 1, expected),
+            )
+
+    @staticmethod
+    def _convert(index: int, frame: av.VideoFrame, fps: float) -> Frame:
+        pts = frame.time if frame.time is not None else index / fps
+        return Frame(index, float(pts), frame.to_ndarray(format="rgb24"), time.monotonic())
+
+    def _release(self) -> None:
+        self._container.close()
+
+
+def _audio_track(container: av.container.InputContainer, name: str) -> AudioTrack | None:
+    if not container.streams.audio:
+        return None
+    stream = container.streams.audio[0]
+    ctx = stream.codec_context
+    return AudioTrack(
+        path=name,
+        stream_index=stream.index,
+        codec=ctx.codec.canonical_name,
+        sample_rate=ctx.sample_rate,
+        channels=ctx.channels,
+    )
+
+
+def _natural_key(path: Path) -> list[int | str]:
+    """Sort key so that img2.png comes before img10.png."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class ImageFolderSource(FrameSource):
+    """The images of a folder in natural order (img2 before img10), one frame each.
+
+    Frame pts are index / fps. Images may differ in size; `info` gives the first one's.
+    """
+
+    def __init__(
+        self, folder: str | Path, realtime: bool, queue_size: int = 8, fps: float = DEFAULT_FPS
+    ) -> None:
+        super().__init__(realtime, queue_size)
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"image folder not found: {folder}")
+        self._paths = sorted(
+            (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+            key=_natural_key,
+        )
+        if not self._paths:
+            raise ValueError(
+                f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder"
+            )
+        self._first = _read_rgb(self._paths[0])
+        self.info = SourceInfo(
+            name=str(folder),
+            fps=fps,
+            width=self._first.shape[1],
+            height=self._first.shape[0],
+            frame_count=len(self._paths),
+            audio=None,
+            live=False,
+        )
+
+    def _read(self) -> Iterator[Frame]:
+        fps = self.info.fps
+        yield Frame(0, 0.0, self._first, time.monotonic())
+        self._first = None
+        for index, path in enumerate(self._paths[1:], start=1):
+            yield Frame(index, index / fps, _read_rgb(path), time.monotonic())
+
+    def _release(self) -> None:
+        self._first = None
+
+
+class CameraSource(FrameSource):
+    """A webcam through OpenCV: an int index or a device path such as /dev/video0.
+
+    pts are seconds since the first frame. In batch mode the reader waits for the consumer
+    and the camera driver drops what it cannot buffer.
+    """
+
+    def __init__(self, device: int | str, realtime: bool, queue_size: int = 8) -> None:
+        super().__init__(realtime, queue_size)
+        self._capture = cv2.VideoCapture(device)
+        ok, image = self._capture.read() if self._capture.isOpened() else (False, None)
+        if not ok or image is None:
+            self._capture.release()
+            raise ValueError(f"cannot open camera {device!r} (no such device, busy, or no frame)")
+        fps = self._capture.get(cv2.CAP_PROP_FPS)
+        self._first = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        self._start = time.monotonic()
+        self.info = SourceInfo(
+            name=f"camera {device}",
+            fps=fps if fps > 0 else DEFAULT_FPS,
+            width=image.shape[1],
+            height=image.shape[0],
+            frame_count=None,
+            audio=None,
+            live=True,
+        )
+
+    def _read(self) -> Iterator[Frame]:
+        yield Frame(0, 0.0, self._first, self._start)
+        self._first = None
+        index = 1
+        while not self._stop.is_set():
+            ok, image = self._capture.read()
+            now = time.monotonic()
+            if not ok:
+                raise OSError(f"{self.info.name} stopped delivering frames")
+            yield Frame(index, now - self._start, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), now)
+            index += 1
+
+    def _release(self) -> None:
+        self._capture.release()
+
+
+def open_source(
+    spec: str | int | Path,
+    realtime: bool,
+    *,
+    queue_size: int = 8,
+    playback_rate: float = 1.0,
+    folder_fps: float = DEFAULT_FPS,
+) -> FrameSource:
+    """Open the right source for `spec`.
+
+    Args:
+        spec: an int or a digit string (camera index), "/dev/videoN" (camera), a URL with a
+            scheme (stream via PyAV), a folder (images), or a video file path.
+        realtime: keep only the newest frame and count drops (see the module docstring).
+        queue_size: frames buffered in batch mode.
+        playback_rate: realtime playback speed of files relative to their frame rate;
+            `float("inf")` reads as fast as decoding goes.
+        folder_fps: frame rate given to image folders.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: a file that is not a decodable video, a folder without images, a camera
+            or stream that cannot be opened.
+    """
+    if isinstance(spec, bool) or not isinstance(spec, (str, int, Path)):
+        raise TypeError(f"source must be a path, URL or camera index, got {type(spec).__name__}")
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        return CameraSource(int(spec), realtime, queue_size)
+    text = str(spec)
+    if _CAMERA_DEVICE.match(text):
+        return CameraSource(text, realtime, queue_size)
+    if isinstance(spec, str) and "://" in text:
+        return VideoSource(text, realtime, queue_size, playback_rate)
+    path = Path(spec)
+    if path.is_dir():
+        return ImageFolderSource(path, realtime, queue_size, fps=folder_fps)
+    if not path.exists():
+        raise FileNotFoundError(f"source not found: {path}")
+    return VideoSource(path, realtime, queue_size, playback_rate)
