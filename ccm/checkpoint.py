@@ -89,20 +89,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: PoseConfig) -> P
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[PoseConfig, dict[str, Tensor]]:
-    """Config and tensors of a checkpoint, without building a model."""
+def read_checkpoint(path: str | Path, tensors: bool = True) -> tuple[PoseConfig, dict[str, Tensor]]:
+    """Config and tensors of a checkpoint, without building a model; `tensors=False` skips them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            weights = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise ValueError(f"{path} carries no ccm-pose config (format {metadata.get('format')!r})")
-    return PoseConfig.from_json(metadata["config"]), tensors
+    return PoseConfig.from_json(metadata["config"]), weights
 
 
 def check_state_dict(model: nn.Module, tensors: dict[str, Tensor], source: str) -> None:

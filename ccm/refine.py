@@ -42,8 +42,9 @@ def gaussian_blur(heatmaps: Tensor, kernel: int) -> Tensor:
     out = F.conv2d(out, g.view(1, 1, -1, 1), padding=(r, 0)).view(n, k, h, w)
     old_max = heatmaps.amax(dim=(-2, -1), keepdim=True)
     new_max = out.amax(dim=(-2, -1), keepdim=True)
-    ratio = torch.where(new_max > 0, old_max / torch.where(new_max > 0, new_max, 1.0), 0.0)
-    return out * ratio
+    # Maps without a positive peak carry no confidence to keep; they are only smoothed.
+    positive = (new_max > 0) & (old_max > 0)
+    return out * torch.where(positive, old_max / torch.where(positive, new_max, 1.0), 1.0)
 
 
 def decode_heatmaps(
@@ -56,8 +57,8 @@ def decode_heatmaps(
     expansion of the log-heatmap); blur_kernel: odd size of the Gaussian filter applied first
     (GF), 0 = off. Returns xy (N, K, 2) in heatmap pixels and scores (N, K), both float32.
 
-    Scores are the map maxima. A map with no peak (all values equal, e.g. all zero) scores 0 and
-    is placed at the map centre. Near the border, offsets that would need a pixel outside the map
+    Scores are the map maxima, 0 where the maximum is not positive. A map with no peak (all
+    values equal, e.g. all zero) scores 0 and is placed at the map centre. Near the border, offsets that would need a pixel outside the map
     are dropped, so every output is finite.
     """
     if method not in DECODE_METHODS:
@@ -105,7 +106,7 @@ def decode_heatmaps(
     center = hm.new_tensor(((w - 1) / 2, (h - 1) / 2))
     xy = torch.stack((x0, y0), dim=-1).float() + offset
     xy = torch.where(peaked.unsqueeze(-1), xy, center)
-    scores = torch.where(peaked, maxval.clamp(min=0), 0.0)
+    scores = torch.where(peaked & (maxval > 0), maxval, 0.0)
     return xy, scores
 
 

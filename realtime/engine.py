@@ -121,6 +121,7 @@ class PoseEngine:
             results.append(self.refine(batch))
         return torch.cat(results) if len(results) > 1 else results[0]
 
+    @torch.inference_mode()
     def crop(self, frame: Tensor, boxes: Tensor) -> PoseBatch:
         """Cut every person (and its mirror image for the flip test) out of the frame at once."""
         count = len(boxes)
@@ -144,6 +145,7 @@ class PoseEngine:
         crops = (crops - self._mean.to(self.dtype)) / self._std.to(self.dtype)
         return PoseBatch(count, bucket, center, scale, crops=crops)
 
+    @torch.inference_mode()
     def infer(self, batch: PoseBatch) -> PoseBatch:
         """Run the network on the batch's crops; heatmaps are kept in float32."""
         if batch.bucket == 0:
@@ -155,6 +157,7 @@ class PoseEngine:
         batch.heatmaps = out.float().clone() if self.config.backend == "compile" else out.float()
         return batch
 
+    @torch.inference_mode()
     def refine(self, batch: PoseBatch) -> Tensor:
         """Heatmaps -> keypoints (count, K, 3) x, y, score in image pixels."""
         if batch.bucket == 0:

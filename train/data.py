@@ -33,12 +33,11 @@ from train.datasets import (
     load_detections,
     load_negatives,
     load_pseudo_labels,
-    mine_hard_negatives,
 )
 
 __all__ = [
     "AugmentConfig", "Instance", "TopDownDataset", "build_stage_dataset", "image_index", "load_aic",
-    "load_coco", "load_detections", "load_negatives", "load_pseudo_labels", "mine_hard_negatives",
+    "load_coco", "load_detections", "load_negatives", "load_pseudo_labels",
     "read_image",
 ]  # fmt: skip
 

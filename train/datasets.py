@@ -7,7 +7,7 @@ keypoints in image pixels (pixel (row i, column j) centred at (x=j, y=i), see `c
 - `load_aic`: AI Challenger json, its 12 limb joints mapped to COCO (Sec. 4.3, "A").
 - `load_pseudo_labels`: COCO-format json of pseudo-labelled unlabeled images (Sec. 4.2, "U").
 - `load_negatives`: COCO detection-format json of mined hard negatives (Sec. 4.1, "H");
-  `mine_hard_negatives` picks them from a detector's output.
+  `train.mine_negatives` picks them from a detector's output.
 - `load_detections`: detector boxes to evaluate on.
 
 Images are not opened here; a missing file is reported when a sample is read.
@@ -272,37 +272,3 @@ def load_detections(
     """A person detector's boxes (COCO detection results format) with score >= min_score ->
     instances of source "detection", to run the pose model on for evaluation."""
     return _box_instances(det_file, image_index, "detection", min_score)
-
-
-def mine_hard_negatives(
-    det_file: str | Path, ann_file: str | Path, min_score: float = 0.5
-) -> list[dict]:
-    """HNDM (Sec. 4.1): detections with score >= min_score that intersect no ground-truth person
-    box (crowd regions and unlabelled persons included). Returns COCO detection records, ready
-    to be written as the json `load_negatives` reads."""
-    det_file, records = _detection_records(det_file)
-    ann_file = Path(ann_file)
-    data = _read_json(ann_file)
-    if not isinstance(data, dict) or "annotations" not in data:
-        raise ValueError(f"{ann_file} is not a COCO keypoints json (no `annotations`)")
-    truth: dict[int, list[tuple[float, float, float, float]]] = {}
-    for ann in data["annotations"]:
-        box = _xywh_to_box(ann["bbox"])
-        if box is not None:
-            truth.setdefault(int(ann["image_id"]), []).append(box)
-
-    def touches(box, others) -> bool:
-        return any(
-            min(box[2], o[2]) > max(box[0], o[0]) and min(box[3], o[3]) > max(box[1], o[1])
-            for o in others
-        )
-
-    mined = [
-        det
-        for det in records
-        if float(det.get("score", 1.0)) >= min_score
-        and (box := _xywh_to_box(det["bbox"])) is not None
-        and not touches(box, truth.get(int(det["image_id"]), []))
-    ]
-    log.info("%s: %d hard negatives of %d detections", det_file, len(mined), len(records))
-    return mined

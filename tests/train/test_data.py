@@ -21,9 +21,9 @@ from train.data import (
     load_detections,
     load_negatives,
     load_pseudo_labels,
-    mine_hard_negatives,
 )
 from train.datasets import AIC_IMAGE_ID_OFFSET
+from train.mine_negatives import gt_boxes_from_coco, load_detection_records, mine_hard_negatives
 from train.synthetic import SceneConfig, SyntheticConfig, generate_dataset
 
 CONFIG = PoseConfig(arch="ccm_resnet50")  # input (256, 192), heatmaps (64, 48), unbiased, sigma 2
@@ -163,7 +163,7 @@ def test_detections_and_mined_hard_negatives(tmp_path):
     index = image_index(ann, tmp_path)
     assert index == {7: tmp_path / "a.png", 8: tmp_path / "b.png"}
 
-    mined = mine_hard_negatives(det_file, ann, min_score=0.5)
+    mined = mine_hard_negatives(load_detection_records(det_file), gt_boxes_from_coco(ann), 0.5)
     assert mined == [dets[1], dets[3]]
     negatives = load_negatives(write_json(tmp_path / "neg.json", mined), index)
     assert [n.source for n in negatives] == ["negative"] * 2

@@ -1,0 +1,91 @@
+"""Build a ready pipeline from plain options: the one place that knows every stage's config.
+
+`app.py` parses flags into `PipelineOptions` and calls `build_pipeline` once; the CLI, the
+Gradio UI and the benchmark all share the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ccm.checkpoint import load_checkpoint, read_checkpoint
+from realtime.detector import DetectorConfig, PersonDetector
+from realtime.engine import EngineConfig, PoseEngine
+from realtime.pipeline import PipelineConfig, PosePipeline
+from realtime.temporal import TemporalConfig, TemporalFusion
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Everything a user can choose about the pipeline. Paths None pick the defaults in weights/."""
+
+    pose: Path | None = None
+    detector: Path | None = None
+    device: str = "auto"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    detection: DetectorConfig = field(default_factory=DetectorConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def default_pose_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
+    """The pose checkpoint to use when none is named: the one in `weights_dir` with the best AP."""
+    ranked = []
+    for path in sorted(weights_dir.glob("*.safetensors")):
+        try:
+            config, _ = read_checkpoint(path, tensors=False)
+        except ValueError as err:
+            logger.warning("skipping %s: %s", path, err)
+            continue
+        ranked.append((float(config.metrics.get("AP", 0.0)), path))
+    if not ranked:
+        raise FileNotFoundError(
+            f"no pose checkpoint in {weights_dir}; pass --pose FILE (a ccm-pose .safetensors) "
+            "or train one with `python -m train`"
+        )
+    return max(ranked)[1]
+
+
+def default_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
+    """The YOLO person detector to use when none is named: the newest *.pt in `weights_dir`."""
+    found = sorted(weights_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(
+            f"no detector weights (*.pt) in {weights_dir}; pass --detector FILE (YOLO weights)"
+        )
+    return found[-1]
+
+
+def build_pipeline(options: PipelineOptions) -> PosePipeline:
+    """Load the pose checkpoint and the detector, compile the engine, wire the stages."""
+    device = resolve_device(options.device)
+    pose_path = options.pose or default_pose_checkpoint()
+    model, pose_config = load_checkpoint(pose_path)
+    logger.info(
+        "pose model: %s (%s, input %s)", pose_path, pose_config.arch, pose_config.input_size
+    )
+    engine_config = dataclasses.replace(
+        options.engine, device=device, half=options.engine.half and device != "cpu"
+    )
+    engine = PoseEngine(model, pose_config, engine_config)
+    detector_weights = options.detector or default_detector_weights()
+    detection = dataclasses.replace(options.detection, device=device, weights=str(detector_weights))
+    detector = PersonDetector(detection)
+    logger.info("person detector: %s", detection.weights)
+    temporal = TemporalFusion(options.temporal) if options.temporal.method != "none" else None
+    return PosePipeline(detector, engine, temporal, options.pipeline)

@@ -1,0 +1,171 @@
+"""Batch processing of video files: each input -> a rendered H.264 mp4 and a JSON Lines file.
+
+For input `clip.mp4` the outputs are `OUT/clip.mp4` and `OUT/clip.jsonl`, both written to a temp
+file and renamed only when the whole video succeeded. Rendering and encoding run on a worker
+thread, so the device works on frame t+1 while frame t is drawn and encoded.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from realtime.pipeline import FrameResult, PosePipeline
+from realtime.results import FramePoses
+from realtime.sinks import JsonlWriter, Mp4Writer
+from realtime.sources import open_source
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv"}
+)
+
+Renderer = Callable[[np.ndarray, FramePoses, float | None, float | None], np.ndarray]
+
+
+@dataclass
+class VideoReport:
+    """What happened to one input. `error` is None on success."""
+
+    source: Path
+    video: Path | None = None
+    jsonl: Path | None = None
+    frames: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    skipped: bool = False
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def expand_inputs(specs: Iterable[str | Path]) -> list[Path]:
+    """Files, folders (their videos, sorted) and glob patterns -> input paths, in order, unique.
+
+    A spec that matches nothing is kept as given, so it is reported as missing later.
+    """
+    paths: list[Path] = []
+    for spec in specs:
+        text = str(spec)
+        if any(ch in text for ch in "*?["):
+            paths += [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+        elif Path(text).is_dir():
+            paths += sorted(p for p in Path(text).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        else:
+            paths.append(Path(text))
+    return list(dict.fromkeys(paths))
+
+
+def output_paths(source: Path, out_dir: Path) -> tuple[Path, Path]:
+    return out_dir / f"{source.stem}.mp4", out_dir / f"{source.stem}.jsonl"
+
+
+def process_video(
+    source: Path,
+    out_dir: Path,
+    pipeline: PosePipeline,
+    render: Renderer,
+    progress: Callable[[int, int | None], None] | None = None,
+    skip_existing: bool = False,
+) -> VideoReport:
+    """Run the pipeline over every frame of `source` (no frame dropped) and write both outputs.
+
+    Never raises for a bad input: the reason is in the report. `progress(done, total)` is called
+    after each frame (total None when the container does not say).
+    """
+    video_path, jsonl_path = output_paths(source, out_dir)
+    report = VideoReport(source)
+    if skip_existing and video_path.is_file() and jsonl_path.is_file():
+        report.video, report.jsonl, report.skipped = video_path, jsonl_path, True
+        return report
+    start = time.perf_counter()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open_source(source, realtime=False) as frames:
+            info = frames.info
+            pipeline.reset()
+            with (
+                Mp4Writer(video_path, info.fps, audio=info.audio) as video,
+                JsonlWriter(jsonl_path) as jsonl,
+            ):
+                writer = _OutputWorker(video, jsonl, render)
+                try:
+                    for result in pipeline.stream(frames):
+                        writer.put(result)
+                        report.frames += 1
+                        if progress is not None:
+                            progress(report.frames, info.frame_count)
+                finally:
+                    writer.close()
+                report.stage_ms = writer.mean_stage_ms()
+        report.video, report.jsonl = video_path, jsonl_path
+    except Exception as err:  # a bad input is reported, never aborts the batch
+        logger.debug("failed on %s", source, exc_info=True)
+        report.error = f"{type(err).__name__}: {err}"
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+class _OutputWorker:
+    """Renders and encodes results on its own thread; re-raises its error in the caller."""
+
+    def __init__(
+        self, video: Mp4Writer, jsonl: JsonlWriter, render: Renderer, depth: int = 4
+    ) -> None:
+        self.video, self.jsonl, self.render = video, jsonl, render
+        self._queue: queue.Queue[FrameResult | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._totals: dict[str, float] = {}
+        self._count = 0
+        self._last_done: float | None = None
+        self._thread = threading.Thread(target=self._run, name="ccm-output", daemon=True)
+        self._thread.start()
+
+    def put(self, result: FrameResult) -> None:
+        if self._error is not None:
+            raise RuntimeError("writing the outputs failed") from self._error
+        self._queue.put(result)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError("writing the outputs failed") from self._error
+
+    def mean_stage_ms(self) -> dict[str, float]:
+        return {k: v / max(self._count, 1) for k, v in self._totals.items()}
+
+    def _run(self) -> None:
+        while (result := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain, so the producer never blocks on a dead worker
+            try:
+                self._write(result)
+            except BaseException as err:
+                self._error = err
+
+    def _write(self, result: FrameResult) -> None:
+        now = time.perf_counter()
+        fps = None if self._last_done is None else 1.0 / max(now - self._last_done, 1e-6)
+        self._last_done = now
+        t0 = time.perf_counter()
+        image = self.render(result.frame.image, result.poses, fps, result.latency_ms)
+        t1 = time.perf_counter()
+        self.video.write(image, result.frame.pts)
+        self.jsonl.write(result.poses)
+        t2 = time.perf_counter()
+        result.timings.update(render=(t1 - t0) * 1000, encode=(t2 - t1) * 1000)
+        for stage, ms in result.timings.items():
+            self._totals[stage] = self._totals.get(stage, 0.0) + ms
+        self._count += 1

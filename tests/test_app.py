@@ -1,0 +1,124 @@
+"""`python app.py video` end to end, the way a user runs it, on the bundled sample clip."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from ccm.checkpoint import PoseConfig, save_checkpoint
+from realtime.samples import VTEST_SHORT
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pose_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
+    return save_checkpoint(
+        tmp_path_factory.mktemp("weights") / "tiny.safetensors", config.build_model(), config
+    )
+
+
+def run_app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # A random-weight YOLO scores every box alike: conf 0 and --det-max 3 give three "people".
+    command = [sys.executable, str(ROOT / "app.py"), *args, "--detector", "yolo11n.yaml", "--det-conf", "0",
+               "--det-max", "3", "--min-score", "0", "--det-size", "320", "--device", "cpu"]  # fmt: skip
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_video_command_processes_good_input_and_reports_bad_ones(tmp_path, pose_checkpoint):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = inputs / "good.mp4"
+    shutil.copy(VTEST_SHORT, good)
+    corrupt = inputs / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    missing = inputs / "missing.mp4"
+    out = tmp_path / "out"
+
+    result = run_app(
+        "video",
+        str(corrupt),
+        str(good),
+        str(missing),
+        "--out",
+        str(out),
+        "--pose",
+        str(pose_checkpoint),
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 1, result.stderr
+    log = result.stdout + result.stderr
+    assert f"FAILED {corrupt}" in log and "not a decodable video" in log
+    assert f"FAILED {missing}" in log and "FileNotFoundError" in log
+    assert "2 of 3 inputs failed" in log
+    assert sorted(p.name for p in out.iterdir()) == ["good.jsonl", "good.mp4"]
+
+    with av.open(str(VTEST_SHORT)) as src, av.open(str(out / "good.mp4")) as dst:
+        s, d = src.streams.video[0], dst.streams.video[0]
+        src_frames = [f.to_ndarray(format="rgb24") for f in src.decode(s)]
+        dst_frames = [f.to_ndarray(format="rgb24") for f in dst.decode(d)]
+        assert d.codec_context.name == "h264"
+        assert (d.width, d.height) == (s.width, s.height) == (768, 576)
+        assert float(d.average_rate) == pytest.approx(float(s.average_rate))
+    assert len(dst_frames) == len(src_frames) == 50
+    # Skeletons and the overlay are drawn onto the frames, so the video is not a plain copy.
+    assert np.abs(dst_frames[10].astype(int) - src_frames[10]).mean() > 0.5
+
+    lines = (out / "good.jsonl").read_text().splitlines()
+    assert len(lines) == 50
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        assert record["frame"] == i
+        assert record["pts"] == pytest.approx(i / 10, abs=1e-3)
+        assert 1 <= len(record["poses"]) <= 3
+        for pose in record["poses"]:
+            x1, y1, x2, y2 = pose["box"]
+            assert 0 <= x1 < x2 <= 768 and 0 <= y1 < y2 <= 576
+            keypoints = np.array(pose["keypoints"])
+            assert keypoints.shape == (17, 3)
+            assert (
+                np.isfinite(keypoints).all()
+                and ((keypoints[:, 2] >= 0) & (keypoints[:, 2] <= 1.5)).all()
+            )
+            # Keypoints come from the person's padded crop region, in original image pixels.
+            w, h = x2 - x1, y2 - y1
+            assert (keypoints[:, 0] > x1 - w).all() and (keypoints[:, 0] < x2 + w).all()
+            assert (keypoints[:, 1] > y1 - h).all() and (keypoints[:, 1] < y2 + h).all()
+            assert isinstance(pose["track_id"], int) and pose["track_id"] >= 0
+
+    again = run_app(
+        "video",
+        str(good),
+        "--out",
+        str(out),
+        "--pose",
+        str(pose_checkpoint),
+        "--skip-existing",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "skipped" in again.stdout + again.stderr
+
+
+def test_missing_pose_checkpoint_is_a_clear_error(tmp_path):
+    result = run_app(
+        "video",
+        str(VTEST_SHORT),
+        "--out",
+        str(tmp_path),
+        "--pose",
+        str(tmp_path / "none.safetensors"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "checkpoint not found" in result.stderr
+    assert not list(tmp_path.glob("*.mp4"))
