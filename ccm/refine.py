@@ -58,8 +58,8 @@ def decode_heatmaps(
     (GF), 0 = off. Returns xy (N, K, 2) in heatmap pixels and scores (N, K), both float32.
 
     Scores are the map maxima, 0 where the maximum is not positive. A map with no peak (all
-    values equal, e.g. all zero) scores 0 and is placed at the map centre. Near the border, offsets that would need a pixel outside the map
-    are dropped, so every output is finite.
+    values equal, e.g. all zero) scores 0 and is placed at the map centre. Near the border,
+    offsets that would need a pixel outside the map are dropped, so every output is finite.
     """
     if method not in DECODE_METHODS:
         raise ValueError(f"unknown decode method {method!r}; choose from {DECODE_METHODS}")

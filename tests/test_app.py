@@ -28,8 +28,26 @@ def pose_checkpoint(tmp_path_factory) -> Path:
 
 def run_app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # A random-weight YOLO scores every box alike: conf 0 and --det-max 3 give three "people".
-    command = [sys.executable, str(ROOT / "app.py"), *args, "--detector", "yolo11n.yaml", "--det-conf", "0",
-               "--det-max", "3", "--min-score", "0", "--det-size", "320", "--device", "cpu"]  # fmt: skip
+    detector = [
+        "--detector",
+        "yolo11n.yaml",
+        "--det-conf",
+        "0",
+        "--det-max",
+        "3",
+        "--det-size",
+        "320",
+    ]
+    command = [
+        sys.executable,
+        str(ROOT / "app.py"),
+        *args,
+        *detector,
+        "--min-score",
+        "0",
+        "--device",
+        "cpu",
+    ]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
