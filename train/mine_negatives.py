@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -134,12 +133,9 @@ def detect_persons(
     missing = [p for p in images.values() if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images not found, first: {missing[0]}")
-    # ultralytics reads these when it is imported: no connectivity probe, no pip installs.
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
-    from ultralytics import YOLO
+    from train.detector import load_yolo
 
-    model = YOLO(name)
+    model = load_yolo(name)
     ids = list(images)
     records = []
     for start in range(0, len(ids), batch_size):
