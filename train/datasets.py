@@ -64,7 +64,8 @@ class Instance:
         return int((self.keypoints[:, 2] > 0).sum())
 
 
-def _read_json(path: str | Path):
+def read_json(path: str | Path):
+    """Parsed JSON of a file; FileNotFoundError / ValueError name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
@@ -88,7 +89,7 @@ def image_index(ann_file: str | Path, image_dir: str | Path) -> dict[int, Path]:
     try:
         return {
             int(im["id"]): image_dir / im["file_name"]
-            for im in _coco_images(_read_json(ann_file), ann_file)
+            for im in _coco_images(read_json(ann_file), ann_file)
         }
     except (KeyError, TypeError) as err:
         raise ValueError(f"{ann_file}: an `images` entry lacks id or file_name ({err})") from err
@@ -116,7 +117,7 @@ def _keypoint_array(flat, path: Path, what: str) -> np.ndarray:
 
 def _load_coco_format(ann_file, image_dir, source: str, min_keypoints: int) -> list[Instance]:
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    data = _read_json(ann_file)
+    data = read_json(ann_file)
     if not isinstance(data, dict) or "annotations" not in data:
         raise ValueError(f"{ann_file} is not a COCO keypoints json (no `annotations`)")
     images = {int(im["id"]): im for im in _coco_images(data, ann_file)}
@@ -193,7 +194,7 @@ def load_aic(ann_file: str | Path, image_dir: str | Path, min_keypoints: int = 1
     Integer ids are AIC_IMAGE_ID_OFFSET + the entry's position in the file.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    data = _read_json(ann_file)
+    data = read_json(ann_file)
     if not isinstance(data, list):
         raise ValueError(f"{ann_file} is not an AI Challenger keypoint json (expected a list)")
     instances, skipped = [], 0
@@ -230,7 +231,7 @@ def load_aic(ann_file: str | Path, image_dir: str | Path, min_keypoints: int = 1
 
 def _detection_records(det_file: str | Path) -> tuple[Path, list[dict]]:
     det_file = Path(det_file)
-    data = _read_json(det_file)
+    data = read_json(det_file)
     if not isinstance(data, list):
         raise ValueError(f"{det_file} is not a COCO detection results json (expected a list)")
     return det_file, [d for d in data if d.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY]

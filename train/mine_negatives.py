@@ -23,19 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from train.datasets import read_json
+
 log = logging.getLogger(__name__)
 
 PERSON_CATEGORY = 1
-
-
-def _read_json(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
 
 
 def _boxes(boxes: Sequence[Sequence[float]] | np.ndarray, what: str) -> np.ndarray:
@@ -92,7 +84,7 @@ def mine_hard_negatives(
 
 def gt_boxes_from_coco(ann_file: str | Path) -> dict[int, np.ndarray]:
     """image_id -> (M, 4) person boxes [x, y, w, h] of a COCO json, for every image it lists."""
-    data = _read_json(ann_file)
+    data = read_json(ann_file)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise ValueError(f"{ann_file} is not a COCO annotation json (needs images, annotations)")
     boxes: dict[int, list] = {int(im["id"]): [] for im in data["images"]}
@@ -107,7 +99,7 @@ def gt_boxes_from_coco(ann_file: str | Path) -> dict[int, np.ndarray]:
 
 def load_detection_records(det_file: str | Path) -> list[dict]:
     """A COCO detection results json (a list of records)."""
-    data = _read_json(det_file)
+    data = read_json(det_file)
     if not isinstance(data, list):
         raise ValueError(f"{det_file} is not a COCO detection results json (expected a list)")
     return data
@@ -186,7 +178,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.detections is not None:
         detections = load_detection_records(args.detections)
     else:
-        data = _read_json(args.ann)
+        data = read_json(args.ann)
         paths = {int(im["id"]): args.images / im["file_name"] for im in data["images"]}
         detections = detect_persons(args.detector, paths, args.imgsz, args.conf, args.device)
     negatives = mine_hard_negatives(detections, gt, args.score_threshold)

@@ -34,6 +34,7 @@ from ccm.geometry import grid_to_image
 from ccm.refine import DECODE_METHODS, decode_heatmaps, fuse_flip
 from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS, flip_permutation
 from train.data import Instance
+from train.datasets import read_json
 from train.evaluate import eval_loader, run_model
 from train.mine_negatives import add_detector_arguments, detect_persons, load_detection_records
 
@@ -43,20 +44,10 @@ KEYPOINT_THRESHOLD = 0.9  # Sec. 4.2: fused scores above this become labels
 PERSON_CATEGORY = 1
 
 
-def _read_json(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
-
-
 def labelled_persons_per_image(ann_file: str | Path) -> float:
     """Mean number of person annotations per image of a COCO json, over all of its images
     (images without people count as 0; crowd regions are not persons)."""
-    data = _read_json(ann_file)
+    data = read_json(ann_file)
     if not isinstance(data, dict) or not data.get("images") or "annotations" not in data:
         raise ValueError(f"{ann_file} is not a COCO annotation json with images")
     persons = sum(
@@ -245,7 +236,7 @@ def coco_keypoints_json(images: list[dict], annotations: list[dict]) -> dict:
 
 
 def _image_entries(path: Path) -> list[dict]:
-    data = _read_json(path)
+    data = read_json(path)
     images = data.get("images") if isinstance(data, dict) else data
     if not isinstance(images, list) or not all("id" in im and "file_name" in im for im in images):
         raise ValueError(f"{path} is not a list of COCO image entries (id, file_name)")
