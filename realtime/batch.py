@@ -99,7 +99,7 @@ def process_video(
                 Mp4Writer(video_path, info.fps, audio=info.audio) as video,
                 JsonlWriter(jsonl_path) as jsonl,
             ):
-                writer = _OutputWorker(video, jsonl, render)
+                writer = OutputWorker(video, jsonl, render)
                 try:
                     for result in pipeline.stream(frames):
                         writer.put(result)
@@ -117,7 +117,7 @@ def process_video(
     return report
 
 
-class _OutputWorker:
+class OutputWorker:
     """Renders and encodes results on its own thread; re-raises its error in the caller."""
 
     def __init__(

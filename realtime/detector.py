@@ -185,7 +185,11 @@ class PersonDetector:
         # ultralytics reads numpy input as BGR. cvtColor makes the one copy (~0.5 ms at 1080p); a
         # reversed-channel view would instead be copied inside ultralytics' resize, ~4x slower.
         bgr = [cv2.cvtColor(_check_frame(f, i), cv2.COLOR_RGB2BGR) for i, f in enumerate(frames)]
+        threads = torch.get_num_threads()
         results = self.model.predict(bgr, **self._predict_args)
+        # ultralytics sets torch to cpu_count - 1 threads on its first CPU call, which would
+        # slow the pose network running next to it; keep the process's own setting.
+        torch.set_num_threads(threads)
         out = []
         for r in results:
             data = r.boxes.data  # (N, 6): x1, y1, x2, y2, conf, class; already on the device
