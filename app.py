@@ -3,6 +3,7 @@
     python app.py video [IN ...] [--out DIR]   render poses into videos and write JSON Lines
     python app.py ui [--port N]                browser demo: live webcam and video upload
     python app.py bench [--source FILE]        time every stage and the whole loop
+    python app.py weights list|fetch|import|verify   known checkpoints, downloads, conversion
 
 Every command runs with no flags on the bundled sample clip; `python app.py CMD --help` explains
 each option.
@@ -27,6 +28,7 @@ from realtime.pipeline import NMS_METHODS, PipelineConfig  # noqa: E402
 from realtime.samples import VTEST_SHORT  # noqa: E402
 from realtime.temporal import METHODS as TEMPORAL_METHODS  # noqa: E402
 from realtime.temporal import TemporalConfig  # noqa: E402
+from realtime.weights import add_weights_commands  # noqa: E402
 
 logger = logging.getLogger("ccm-pose")
 
@@ -34,10 +36,14 @@ logger = logging.getLogger("ccm-pose")
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models")
     models.add_argument(
-        "--pose", type=Path, help="pose checkpoint (.safetensors); default: best in weights/"
+        "--pose",
+        type=Path,
+        help="pose checkpoint (.safetensors); default: the best verified one in weights/",
     )
     models.add_argument(
-        "--detector", type=Path, help="YOLO detection weights (.pt); default: newest in weights/"
+        "--detector",
+        type=Path,
+        help="YOLO detection weights (.pt, or a model .yaml); default: a verified one in weights/",
     )
     models.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)"
@@ -256,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     )
     add_pipeline_arguments(bench)
     bench.set_defaults(run=run_bench)
+
+    add_weights_commands(commands)
     return root
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ccm.checkpoint import load_checkpoint, read_checkpoint
+from ccm.checkpoint import load_checkpoint
 from realtime.detector import DetectorConfig, PersonDetector
 from realtime.engine import EngineConfig, PoseEngine
 from realtime.pipeline import PipelineConfig, PosePipeline
 from realtime.temporal import TemporalConfig, TemporalFusion
+from realtime.weights import select_detector_weights, select_pose_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -44,31 +45,19 @@ def resolve_device(device: str) -> str:
 
 
 def default_pose_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """The pose checkpoint to use when none is named: the one in `weights_dir` with the best AP."""
-    ranked = []
-    for path in sorted(weights_dir.glob("*.safetensors")):
-        try:
-            config, _ = read_checkpoint(path, tensors=False)
-        except ValueError as err:
-            logger.warning("skipping %s: %s", path, err)
-            continue
-        ranked.append((float(config.metrics.get("AP", 0.0)), path))
-    if not ranked:
-        raise FileNotFoundError(
-            f"no pose checkpoint in {weights_dir}; pass --pose FILE (a ccm-pose .safetensors) "
-            "or train one with `python -m train`"
-        )
-    return max(ranked)[1]
+    """The pose checkpoint to use when none is named: the present, verified one with the best AP.
+
+    See `realtime.weights.select_pose_checkpoint`; it logs which one it picked and why.
+    """
+    return select_pose_checkpoint(weights_dir)
 
 
 def default_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """The YOLO person detector to use when none is named: the newest *.pt in `weights_dir`."""
-    found = sorted(weights_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(
-            f"no detector weights (*.pt) in {weights_dir}; pass --detector FILE (YOLO weights)"
-        )
-    return found[-1]
+    """The YOLO person detector to use when none is named: the verified one with the best AP.
+
+    See `realtime.weights.select_detector_weights`; it logs which one it picked.
+    """
+    return select_detector_weights(weights_dir)
 
 
 def build_pipeline(options: PipelineOptions) -> PosePipeline:
