@@ -184,6 +184,18 @@ def test_detector_ran_without_network(network_attempts: list[str], full) -> None
     assert network_attempts == []
 
 
+def test_detector_leaves_the_torch_thread_count_alone(bus_rgb: np.ndarray) -> None:
+    # ultralytics sets cpu_count - 1 threads when its predictor starts on the CPU; the pose
+    # network shares the process, so a fresh detector's first call must not change it.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        PersonDetector(DetectorConfig(weights="yolo11n.yaml", imgsz=IMGSZ, device="cpu"))(bus_rgb)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_missing_weights_raise_file_not_found_with_a_hint(tmp_path: Path) -> None:
     for name in (tmp_path / "yolo11n.pt", "no_such_model.yaml", "https://example.com/yolo11n.pt"):
         hint = rf"not found.*python app\.py weights fetch {re.escape(Path(name).name)}"
