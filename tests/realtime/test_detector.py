@@ -53,6 +53,15 @@ def network_attempts() -> Iterator[list[str]]:
         yield attempts
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Exact comparisons between calls need one thread count for all of them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def bus_rgb() -> np.ndarray:
     from ultralytics.utils import ASSETS
