@@ -45,13 +45,7 @@ def mmpose_layout(model: nn.Module) -> dict[str, torch.Tensor]:
     return state | {"data_preprocessor.mean": MEAN, "data_preprocessor.std": STD}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tensors this small run faster on one thread than handed between two busy cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -53,13 +53,7 @@ def network_attempts() -> Iterator[list[str]]:
         yield attempts
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Exact comparisons between calls need one thread count for all of them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ K = 17
 FPS = 25
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tensors here are tiny: one thread runs them faster and leaves the other core free.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _walkers(num_people: int, seconds: float, seed: int = 0) -> np.ndarray:

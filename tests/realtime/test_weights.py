@@ -34,13 +34,7 @@ from realtime.weights import (
 SIZE = (64, 32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tensors this small run faster on one thread than handed between two busy cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toml_value(value) -> str:

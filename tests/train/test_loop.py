@@ -39,13 +39,7 @@ ARCH = "ccm_mobilenetv2"
 SIZE = (64, 64)  # smallest crop the encoders take; heatmaps 16 x 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The suite shares 2 cores; several intra-op threads per process oversubscribe them.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
