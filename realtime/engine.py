@@ -79,8 +79,12 @@ class PoseEngine:
         self.flip_alpha = pose.flip_alpha if config.flip_alpha is None else config.flip_alpha
         self.flip_perm = flip_permutation(pose.num_keypoints)
         model = model.eval().to(self.device, self.dtype)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+        self._mean = (
+            (torch.tensor(IMAGENET_MEAN, device=self.device) * 255).view(1, 3, 1, 1).to(self.dtype)
+        )
+        self._std = (
+            (torch.tensor(IMAGENET_STD, device=self.device) * 255).view(1, 3, 1, 1).to(self.dtype)
+        )
         self.network = self._build_network(model)
         self._refine = self._refine_eager
         if config.backend != "eager":
@@ -134,15 +138,11 @@ class PoseEngine:
         center, scale = box_to_center_scale(boxes, aspect_ratio=w / h)
         image = frame.to(self.device, self.dtype)
         index = torch.zeros(bucket, dtype=torch.long, device=self.device)
-        crops = [warp_crops(image, index, center.to(self.dtype), scale.to(self.dtype), (h, w))]
+        crops = warp_crops(image, index, center.to(self.dtype), scale.to(self.dtype), (h, w))
         if self.config.flip_test:
-            crops.append(
-                warp_crops(
-                    image, index, center.to(self.dtype), scale.to(self.dtype), (h, w), flip=True
-                )
-            )
-        crops = torch.cat(crops) if len(crops) > 1 else crops[0]
-        crops = (crops - self._mean.to(self.dtype)) / self._std.to(self.dtype)
+            # A mirrored crop of a region is the crop mirrored: no second warp needed.
+            crops = torch.cat((crops, crops.flip(-1)))
+        crops = (crops - self._mean) / self._std
         return PoseBatch(count, bucket, center, scale, crops=crops)
 
     @torch.inference_mode()
