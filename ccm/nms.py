@@ -240,3 +240,12 @@ def soft_nms_fusion(
     xy = fuse_poses(poses[..., :2].to(weights.dtype), weights)
     fused = torch.cat([xy.to(poses.dtype), poses[keep, :, 2:]], dim=-1)
     return fused, scores[keep], keep
+
+
+def rescore(box_scores: Tensor, keypoint_scores: Tensor, threshold: float = 0.2) -> Tensor:
+    """HRNet's instance score: box_scores (N,) x the mean of keypoint_scores (N, K) above
+    `threshold`, 0 where none is above it."""
+    confident = keypoint_scores > threshold
+    total = torch.where(confident, keypoint_scores, 0.0).sum(-1)
+    count = confident.sum(-1)
+    return box_scores * torch.where(count > 0, total / count.clamp(min=1), 0.0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ccm.nms import oks_nms, soft_nms_fusion
+from ccm.nms import oks_nms, rescore, soft_nms_fusion
 from realtime.detector import boxes_from_keypoints
 from realtime.engine import PoseEngine
 from realtime.results import FramePoses
@@ -76,13 +76,6 @@ class StageTimer:
         now = time.perf_counter()
         self.times[stage] = self.times.get(stage, 0.0) + (now - self._last) * 1000
         self._last = now
-
-
-def person_scores(box_scores: Tensor, keypoints: Tensor, threshold: float = 0.2) -> Tensor:
-    """HRNet's rescoring: box score x mean score of the keypoints above `threshold`."""
-    confident = keypoints[..., 2] > threshold
-    mean = (keypoints[..., 2] * confident).sum(-1) / confident.sum(-1).clamp(min=1)
-    return box_scores * mean
 
 
 class PosePipeline:
@@ -161,7 +154,7 @@ class PosePipeline:
     def _fuse(
         self, frame: Frame, boxes: Tensor, box_scores: Tensor, keypoints: Tensor
     ) -> FramePoses:
-        scores = person_scores(box_scores, keypoints)
+        scores = rescore(box_scores, keypoints[..., 2])
         keep = scores >= self.config.min_pose_score
         boxes, box_scores, scores, keypoints = (
             boxes[keep],

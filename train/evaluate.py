@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from ccm.checkpoint import PoseConfig, load_checkpoint
 from ccm.geometry import grid_to_image
-from ccm.nms import oks_nms, soft_nms_fusion
+from ccm.nms import oks_nms, rescore, soft_nms_fusion
 from ccm.refine import DECODE_METHODS, decode_heatmaps, fuse_flip
 from ccm.skeleton import flip_permutation
 from train.data import Instance, TopDownDataset, image_index, load_coco, load_detections
@@ -219,15 +219,6 @@ def _to_cpu(p: PredictedHeatmaps) -> PredictedHeatmaps:
         p.heatmaps.cpu(), flipped, p.center.cpu(), p.scale.cpu(), p.image_id.cpu(),
         p.box_score.cpu(),
     )  # fmt: skip
-
-
-def rescore(box_score: Tensor, keypoint_scores: Tensor, threshold: float) -> Tensor:
-    """HRNet's instance score: box_score (N,) x mean of keypoint_scores (N, K) above `threshold`,
-    0 where none is above it."""
-    confident = keypoint_scores > threshold
-    total = torch.where(confident, keypoint_scores, 0.0).sum(-1)
-    count = confident.sum(-1)
-    return box_score * torch.where(count > 0, total / count.clamp(min=1), 0.0)
 
 
 def decode_poses(

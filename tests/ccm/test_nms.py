@@ -374,3 +374,13 @@ def test_greedy_suppression_runs_on_cuda_without_host_sync() -> None:
     ref_fused, _, ref_keep = soft_nms_fusion(poses, scores, areas.double(), 0.5)
     assert keep.tolist() == ref_keep.tolist()
     torch.testing.assert_close(fused.cpu(), ref_fused, rtol=0, atol=1e-10)
+
+
+def test_rescore_hand_made():
+    from ccm.nms import rescore
+
+    box = torch.tensor([0.8, 0.5, 1.0])
+    keypoints = torch.tensor([[0.9, 0.3, 0.1], [0.2, 0.2, 0.1], [0.6, 0.25, 0.21]])
+    # Row 0: mean(0.9, 0.3) = 0.6; row 1: nothing above 0.2 -> 0; row 2: mean(0.6, 0.25, 0.21).
+    expected = torch.tensor([0.8 * 0.6, 0.0, (0.6 + 0.25 + 0.21) / 3])
+    torch.testing.assert_close(rescore(box, keypoints), expected)
