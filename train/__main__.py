@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lambda of Eq. (6) for the auxiliary decoder's loss (default 0.5)",
     )
     g.add_argument(
-        "--amp", choices=AMP_MODES, default="off", help="mixed precision on CUDA (ignored on CPU)"
+        "--amp", choices=AMP_MODES, default="off", help="mixed precision (CUDA; bf16 also on CPU)"
     )
     g.add_argument("--no-augment", action="store_true", help="train on plain crops")
 

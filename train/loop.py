@@ -303,11 +303,12 @@ def pose_config(config: TrainConfig, recipe: str, metrics: dict[str, float | str
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `--amp`, or None (off, and always off on CPU)."""
+    """The autocast dtype of `--amp`, or None. On CPU only bf16 runs (about 2x faster than
+    float32 where the CPU has AMX or AVX512-BF16); fp16 there is ignored with a warning."""
     if mode == "off":
         return None
-    if device.type != "cuda":
-        log.warning("--amp %s ignored on %s: mixed precision is for CUDA", mode, device)
+    if mode == "fp16" and device.type != "cuda":
+        log.warning("--amp fp16 ignored on %s: use --amp bf16 off CUDA", device)
         return None
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
@@ -326,7 +327,7 @@ def train_step(
     """One optimizer step on a batch of `TopDownDataset` samples; returns the detached
     (L, L_main, L_aux) of Eq. (6) as a (3,) tensor on the model's device."""
     device = next(model.parameters()).device
-    images = batch["image"].to(device, non_blocking=True)
+    images = batch["image"].to(device, non_blocking=True, memory_format=torch.channels_last)
     target = batch["heatmaps"].to(device, non_blocking=True)
     weights = batch["weights"].to(device, non_blocking=True)
     autocast = (
@@ -479,7 +480,8 @@ def _run(
         model.load_state_dict(model_tensors(state))
     else:
         model = build_training_model(config)
-    model.to(dist.device)
+    # Channels-last runs the convolutions faster on CUDA (AMP) and on CPU (oneDNN).
+    model.to(dist.device, memory_format=torch.channels_last)
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     trained = model
