@@ -5,8 +5,8 @@
     python app.py bench [--source FILE]        time every stage and the whole loop
     python app.py weights list|fetch|import|verify   known checkpoints, downloads, conversion
 
-Every command runs with no flags on the bundled sample clip; `python app.py CMD --help` explains
-each option.
+Every command runs with no flags on the bundled demo clip (realtime/samples/synthetic_walk.mp4)
+and the demo weights in weights/; `python app.py CMD --help` explains each option.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from realtime.assemble import PipelineOptions, build_pipeline  # noqa: E402
 from realtime.detector import DetectorConfig  # noqa: E402
 from realtime.engine import BACKENDS, EngineConfig  # noqa: E402
 from realtime.pipeline import NMS_METHODS, PipelineConfig  # noqa: E402
-from realtime.samples import VTEST_SHORT  # noqa: E402
+from realtime.samples import SYNTHETIC_WALK  # noqa: E402
 from realtime.temporal import METHODS as TEMPORAL_METHODS  # noqa: E402
 from realtime.temporal import TemporalConfig  # noqa: E402
 from realtime.weights import add_weights_commands  # noqa: E402
@@ -129,7 +129,7 @@ def run_video(args: argparse.Namespace) -> int:
     from realtime.batch import expand_inputs, process_video
     from realtime.render import render_frame
 
-    inputs = expand_inputs(args.inputs or [VTEST_SHORT])
+    inputs = expand_inputs(args.inputs or [SYNTHETIC_WALK])
     if not inputs:
         logger.error("no input videos matched %s", args.inputs)
         return 2
@@ -198,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
     video.add_argument(
         "inputs",
         nargs="*",
-        help="video files, folders or glob patterns (default: the bundled sample clip)",
+        help="video files, folders or glob patterns (default: the bundled demo clip)",
     )
     video.add_argument(
         "--out", type=Path, default=Path("out"), help="output folder (default: out/)"
@@ -220,7 +220,10 @@ def parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="time every stage and the whole loop")
     bench.add_argument(
-        "--source", type=Path, default=VTEST_SHORT, help="video to time (default: the bundled clip)"
+        "--source",
+        type=Path,
+        default=SYNTHETIC_WALK,
+        help="video to time (default: the bundled demo clip)",
     )
     bench.add_argument(
         "--frames", type=int, default=200, help="frames timed after warm-up (loops the clip)"

@@ -65,7 +65,7 @@ from realtime.detector import DetectorConfig, shipped_model_yaml
 from realtime.offline import configure_offline
 from realtime.pipeline import STAGES, FrameResult, PosePipeline
 from realtime.render import render_frame
-from realtime.samples import VTEST_SHORT
+from realtime.samples import SYNTHETIC_WALK
 from realtime.sinks import JsonlWriter, Mp4Writer
 from realtime.sources import Frame, open_source
 
@@ -84,7 +84,7 @@ class BenchConfig:
     `train.synthetic` video) and `fixed_people` (N) replace the detector's boxes, at most one.
     """
 
-    source: Path = VTEST_SHORT
+    source: Path = SYNTHETIC_WALK
     frames: int = 200
     warmup: int = 20
     mode: str = "throughput"

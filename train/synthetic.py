@@ -654,9 +654,14 @@ def sample_tracks(rng: np.random.Generator, cfg: VideoConfig) -> list[Track]:
     return tracks
 
 
-def _track_entry(track_id: int, person: PersonLabel) -> dict:
-    keypoints = _keypoint_list(person.keypoints)
-    return {"track_id": track_id, "keypoints": keypoints, "bbox": _rounded(person.bbox)}
+def _track_entry(track_id: int, person: PersonLabel, annotate: bool) -> dict:
+    return {
+        "track_id": track_id,
+        "keypoints": _keypoint_list(person.keypoints),
+        "bbox": _rounded(person.bbox),
+        "area": person.visible_area,
+        "annotated": annotate,
+    }
 
 
 def generate_video(
@@ -665,8 +670,10 @@ def generate_video(
     """Write an H.264 mp4 (PyAV, yuv420p, `config.fps`) and `<path>.json` ground truth.
 
     The JSON holds fps, size, num_frames, the tracks' straight-line trajectories, and `frames`:
-    per frame a list of {"track_id", "keypoints" [x, y, v] * 17, "bbox" [x, y, w, h]} for every
-    figure with at least one visible pixel (same visibility rules as the still images).
+    per frame a list of {"track_id", "keypoints" [x, y, v] * 17, "bbox" [x, y, w, h], "area"
+    (visible pixels), "annotated"} for every figure with at least one visible pixel (same
+    visibility rules as the still images); "annotated" is false for a figure that shows too little
+    of itself to be annotated in a still image (`annotated`), which evaluation ignores.
     """
     cfg = config or VideoConfig()
     path = Path(path)
@@ -686,7 +693,14 @@ def generate_video(
             )
             scene = render_scene(background, [tr.at(t) for tr in order])
             people = sorted(zip(order, scene.people, strict=True), key=lambda tp: tp[0].track_id)
-            frames.append([_track_entry(tr.track_id, p) for tr, p in people if p.bbox is not None])
+            shown = {id(p) for p in annotated(scene, SceneConfig())}
+            frames.append(
+                [
+                    _track_entry(tr.track_id, p, id(p) in shown)
+                    for tr, p in people
+                    if p.bbox is not None
+                ]
+            )
             frame = av.VideoFrame.from_ndarray(scene.image, format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)

@@ -336,6 +336,12 @@ def test_video_decodes_with_smooth_ground_truth(dataset):
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == gt["num_frames"] == len(gt["frames"]) == 24
     assert frames[0].shape == (VIDEO.height, VIDEO.width, 3)
+    # Every entry counts its visible pixels inside its tight box; most are annotated.
+    entries = [p for f in gt["frames"] for p in f]
+    for p in entries:
+        w, h = p["bbox"][2:]
+        assert isinstance(p["annotated"], bool) and 4 <= p["area"] <= w * h + 1e-6
+    assert sum(p["annotated"] for p in entries) >= 0.8 * len(entries)
     tracks = {t["track_id"]: t for t in gt["tracks"]}
     assert sorted(tracks) == [0, 1, 2]
     hips_x = {}
