@@ -1,6 +1,7 @@
 """Train a YOLO person detector with ultralytics on a COCO-format keypoint dataset.
 
     python -m train.detector --data DIR --out runs/detector [--model yolo11n.yaml] [--epochs 30]
+    python -m train.detector --data VALDIR --out runs/det-eval --evaluate runs/detector/best.pt
 
 Converts `annotations/person_keypoints_{train,val}.json` of DIR (the layout of `train.synthetic`)
 into the YOLO layout (images linked, one label file per image: `0 cx cy w h`, normalised), trains
@@ -62,10 +63,11 @@ def convert_split(ann_file: Path, image_dir: Path, out: Path, split: str) -> int
     return len(data["images"])
 
 
-def write_dataset(data: Path, out: Path) -> Path:
-    """YOLO dataset from the train and val splits of a COCO-layout folder; returns its yaml."""
-    counts = {}
-    for split in ("train", "val"):
+def write_dataset(data: Path, out: Path, splits: tuple[str, ...] = ("train", "val")) -> Path:
+    """YOLO dataset from `splits` of a COCO-layout folder; returns its yaml. Without a train
+    split the yaml names the val images for both (ultralytics wants both keys)."""
+    counts = dict.fromkeys(("train", "val"), 0)
+    for split in splits:
         ann = data / "annotations" / f"person_keypoints_{split}.json"
         if not ann.is_file():
             raise FileNotFoundError(
@@ -73,8 +75,9 @@ def write_dataset(data: Path, out: Path) -> Path:
             )
         counts[split] = convert_split(ann, data / "images" / split, out, split)
     yaml = out / "data.yaml"
+    train = "train" if "train" in splits else "val"
     yaml.write_text(
-        f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: person\n"
+        f"path: {out.resolve()}\ntrain: images/{train}\nval: images/val\nnames:\n  0: person\n"
     )
     logger.info("YOLO dataset in %s: %d train, %d val images", out, counts["train"], counts["val"])
     return yaml
@@ -105,12 +108,28 @@ def train_detector(
     )  # fmt: skip
     best = out / "run" / "weights" / "best.pt"
     shutil.copy2(best, out / "best.pt")
-    metrics = load_yolo(out / "best.pt").val(
-        data=str(yaml), imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False
-    )
-    result = {"mAP50-95": float(metrics.box.map), "mAP50": float(metrics.box.map50)}
+    result = _val_metrics(out / "best.pt", yaml, imgsz, batch, device)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def evaluate_detector(
+    weights: Path, data: Path, out: Path, imgsz: int = 320, batch: int = 16, device: str = "cpu"
+) -> dict[str, float]:
+    """Box mAP of a person detector on the val split of a COCO-layout folder, e.g. a synthetic
+    val set of another seed than the training data (`python -m train.synthetic --train 0`)."""
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"detector weights not found: {weights}")
+    yaml = write_dataset(data, out / "dataset", splits=("val",))
+    return _val_metrics(weights, yaml, imgsz, batch, device)
+
+
+def _val_metrics(weights: Path, yaml: Path, imgsz: int, batch: int, device: str) -> dict:
+    metrics = load_yolo(weights).val(
+        data=str(yaml), imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
+        project=str(yaml.parent.parent), name="val", exist_ok=True,
+    )  # fmt: skip
+    return {"mAP50-95": float(metrics.box.map), "mAP50": float(metrics.box.map50)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,8 +148,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="cpu, 0, 0,1, ...")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--evaluate",
+        type=Path,
+        metavar="WEIGHTS",
+        help="do not train: measure the box mAP of WEIGHTS on the val split of --data",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.evaluate:
+        try:
+            metrics = evaluate_detector(
+                args.evaluate, args.data, args.out, args.imgsz, args.batch, args.device
+            )
+        except FileNotFoundError as err:
+            parser.exit(2, f"error: {err}\n")
+        print(f"{args.evaluate} on {args.data} val at {args.imgsz}: {_scores(metrics)}")
+        return
     metrics = train_detector(
         args.data,
         args.out,
@@ -141,8 +175,11 @@ def main(argv: list[str] | None = None) -> None:
         args.device,
         args.workers,
     )
-    scores = f"mAP50-95 {metrics['mAP50-95']:.3f}  mAP50 {metrics['mAP50']:.3f}"
-    print(f"detector: {args.out / 'best.pt'}  {scores}")
+    print(f"detector: {args.out / 'best.pt'}  {_scores(metrics)}")
+
+
+def _scores(metrics: dict[str, float]) -> str:
+    return f"mAP50-95 {metrics['mAP50-95']:.3f}  mAP50 {metrics['mAP50']:.3f}"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from train.detector import convert_split, train_detector, yolo_labels
+from train.detector import convert_split, evaluate_detector, train_detector, yolo_labels
 from train.synthetic import SyntheticConfig, generate_dataset
 
 
@@ -56,3 +56,14 @@ def test_detector_training_runs_end_to_end(tmp_path):
         set(metrics) == {"mAP50-95", "mAP50"}
         and 0.0 <= metrics["mAP50-95"] <= metrics["mAP50"] <= 1.0
     )
+    # Evaluation alone on the same val split reproduces the training run's numbers, and
+    # writes a val-only YOLO dataset.
+    again = evaluate_detector(
+        tmp_path / "det" / "best.pt", tmp_path / "syn", tmp_path / "eval", imgsz=64, batch=2
+    )
+    assert again == pytest.approx(metrics, abs=1e-9)
+    yaml = (tmp_path / "eval" / "dataset" / "data.yaml").read_text()
+    assert "train: images/val\nval: images/val\n" in yaml
+    assert not (tmp_path / "eval" / "dataset" / "images" / "train").exists()
+    with pytest.raises(FileNotFoundError, match="detector weights not found"):
+        evaluate_detector(tmp_path / "none.pt", tmp_path / "syn", tmp_path / "eval")
