@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ccm.codec import HeatmapCodec
+from ccm.geometry import check_heatmap_mapping
 from ccm.model import HEATMAP_STRIDE, build_model
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,13 @@ class PoseConfig:
 
     `unbiased` and `sigma` describe the training targets; `flip_alpha` is the SSP shift (Eq. 22)
     that suits the model's coordinate convention (0 for this project's grids, 0.75 for models
-    trained with SimpleBaseline's mapping). `recipe` and `metrics` record how it was trained and
-    what it reached (e.g. {"AP": 0.71, "split": "synthetic-val seed 7"}).
+    trained with SimpleBaseline's mapping). `heatmap_mapping` is that convention, how the model's
+    heatmap pixels relate to crop pixels (`ccm.geometry.HEATMAP_MAPPINGS`): "pixel-center" for
+    models trained here, "msra" for MMPose MSRAHeatmap / official HRNet / SimpleBaseline / DarkPose
+    models, "udp" for MMPose UDPHeatmap ones; decoding converts to "pixel-center" with
+    `ccm.geometry.to_pixel_center_heatmap`. A config saved before the field existed reads as
+    "pixel-center". `recipe` and `metrics` record how it was trained and what it reached (e.g.
+    {"AP": 0.71, "split": "synthetic-val seed 7"}).
     """
 
     arch: str
@@ -57,9 +63,13 @@ class PoseConfig:
     sigma: float = 2.0
     unbiased: bool = True
     flip_alpha: float = 0.0
+    heatmap_mapping: str = "pixel-center"
     keypoint_set: str = "coco17"
     recipe: str = ""
     metrics: dict[str, float | str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_heatmap_mapping(self.heatmap_mapping)
 
     @property
     def heatmap_size(self) -> tuple[int, int]:

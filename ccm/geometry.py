@@ -7,6 +7,9 @@ laid over it covers it edge to edge, so the grid's pixel extent [-0.5, W - 0.5] 
 same region, so one formula maps either to the image, and crop <-> heatmap is consistent with the
 network's stride: x_crop = s * (x_hm + 0.5) - 0.5.
 
+Models trained elsewhere learned other heatmap <-> crop maps (`HEATMAP_MAPPINGS`);
+`to_pixel_center_heatmap` moves their decoded heatmap coordinates into this convention.
+
 All functions are batched over people: centre (N, 2), scale (N, 2), points (N, K, 2).
 """
 
@@ -19,6 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 PADDING = 1.25
+# How a model's heatmap coordinate h relates to the crop pixel j whose content it marks, per axis
+# (crop width W, heatmap width W_h, stride s = W / W_h):
+#   "pixel-center": this project, j = s * (h + 0.5) - 0.5
+#   "msra": MMPose's MSRAHeatmap codec (plain and DARK), official HRNet / SimpleBaseline, j = s * h
+#   "udp": MMPose's UDPHeatmap codec, j = h * (W - 1) / (W_h - 1)
+HEATMAP_MAPPINGS = ("pixel-center", "msra", "udp")
 
 
 def box_to_center_scale(
@@ -104,6 +113,45 @@ def heatmap_to_crop(points: Tensor, stride: float) -> Tensor:
 def crop_to_heatmap(points: Tensor, stride: float) -> Tensor:
     """Crop pixels -> heatmap pixels for a network of output `stride`; any leading shape."""
     return (points + 0.5) / stride - 0.5
+
+
+def check_heatmap_mapping(mapping: str) -> str:
+    """`mapping` itself, after checking it is one of `HEATMAP_MAPPINGS`."""
+    if mapping not in HEATMAP_MAPPINGS:
+        raise ValueError(
+            f"unknown heatmap mapping {mapping!r}; choose from {', '.join(HEATMAP_MAPPINGS)}"
+        )
+    return mapping
+
+
+def to_pixel_center_heatmap(
+    points: Tensor, mapping: str, input_size: tuple[int, int], heatmap_size: tuple[int, int]
+) -> Tensor:
+    """Heatmap coordinates decoded from a model trained with `mapping` -> this project's heatmap
+    pixels, so that `grid_to_image(..., heatmap_size)` maps them to the right image point.
+
+    points (..., 2) x, y in heatmap pixels as the model's heatmaps (`heatmap_size` (H, W)) give
+    them, for crops of `input_size` (H, W); returns the same shape. Identity for "pixel-center".
+    The crops need no change: the network answers in pixel indices of the crop it sees, so only
+    the heatmap -> crop map differs. An msra model decoded as pixel-center lands
+    (1 - 1/s) / 2 heatmap pixels (1.5 crop pixels at s = 4) right of and below the truth.
+    """
+    check_heatmap_mapping(mapping)
+    if mapping == "pixel-center":
+        return points
+    (h_in, w_in), (h_hm, w_hm) = input_size, heatmap_size
+    if mapping == "udp" and min(h_hm, w_hm) < 2:
+        raise ValueError(f"the udp mapping needs heatmaps of at least 2x2, got {heatmap_size}")
+    stride = (w_in / w_hm, h_in / h_hm)
+    if mapping == "msra":
+        crop_per_heatmap = stride
+    else:
+        crop_per_heatmap = ((w_in - 1) / (w_hm - 1), (h_in - 1) / (h_hm - 1))
+    # j = c * h in the model's map; this project's heatmap pixel of crop pixel j is (j + 0.5) / s
+    # - 0.5 (`crop_to_heatmap`): one affine map per axis, built from Python numbers only.
+    gain = points.new_tensor([c / s for c, s in zip(crop_per_heatmap, stride, strict=True)])
+    offset = points.new_tensor([0.5 / s - 0.5 for s in stride])
+    return points * gain + offset
 
 
 def warp_crops(

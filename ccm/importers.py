@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ccm.backbones.mobile import MobileNetV2
 from ccm.checkpoint import PoseConfig, check_state_dict, read_torch_file
+from ccm.geometry import check_heatmap_mapping
 from ccm.model import ARCHS, PoseModel, build_model
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class PublicTraining:
         flip_alpha: the SSP shift (Eq. 22) that re-aligns its flipped heatmaps.
         sigma: Gaussian sigma of its targets, in heatmap pixels.
         ap: the COCO keypoint AP its publisher reports; ``ap_on`` says on what.
+        heatmap_mapping: how its heatmap pixels map to crop pixels
+            (``ccm.geometry.HEATMAP_MAPPINGS``): "msra" (crop x -> heatmap x / stride) or "udp".
     """
 
     unbiased: bool
@@ -115,6 +118,10 @@ class PublicTraining:
     sigma: float = 2.0
     ap: float | None = None
     ap_on: str = ""
+    heatmap_mapping: str = "msra"
+
+    def __post_init__(self) -> None:
+        check_heatmap_mapping(self.heatmap_mapping)
 
     def metrics(self) -> dict[str, float | str]:
         if self.ap is None:
@@ -126,11 +133,12 @@ def guess_training(file_name: str, input_size: tuple[int, int]) -> PublicTrainin
     """Training conventions of a public pose file the manifest does not list, from its name.
 
     MMPose's MSRAHeatmap codec (plain, or DARK's ``unbiased=True``) and the official HRNet /
-    SimpleBaseline code map crop pixel x to heatmap x / stride. Mirroring a crop sends x to
-    W - 1 - x, so the flipped-back heatmap lands 1 - 1/stride = 0.75 heatmap pixels left of the
-    unflipped one, and SSP's alpha = 0.75 (Eq. 22, j0 = 1) shifts it back. UDP's codec maps
-    pixel centres to pixel centres, so its flipped heatmaps need no shift. Both code bases use
-    sigma 2 at 256x192 and 3 at 384x288.
+    SimpleBaseline code map crop pixel x to heatmap x / stride (heatmap mapping "msra"). Mirroring
+    a crop sends x to W - 1 - x, so the flipped-back heatmap lands 1 - 1/stride = 0.75 heatmap
+    pixels left of the unflipped one, and SSP's alpha = 0.75 (Eq. 22, j0 = 1) shifts it back.
+    UDP's codec maps x to x (W_h - 1) / (W - 1) (mapping "udp"), the first and last pixel centres
+    to each other, so its flipped heatmaps need no shift. Both code bases use sigma 2 at 256x192
+    and 3 at 384x288.
     """
     name = file_name.lower()
     udp = "udp" in name
@@ -138,6 +146,7 @@ def guess_training(file_name: str, input_size: tuple[int, int]) -> PublicTrainin
         unbiased=udp or "dark" in name,
         flip_alpha=0.0 if udp else 0.75,
         sigma=3.0 if input_size[0] >= 384 else 2.0,
+        heatmap_mapping="udp" if udp else "msra",
     )
 
 
@@ -434,6 +443,7 @@ def import_pose_checkpoint(
             sigma=training.sigma,
             unbiased=training.unbiased,
             flip_alpha=training.flip_alpha,
+            heatmap_mapping=training.heatmap_mapping,
             recipe=f"{layout} checkpoint {path.name}",
             metrics=training.metrics(),
         )

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ccm.checkpoint import PoseConfig
-from ccm.geometry import box_to_center_scale, grid_to_image, warp_crops
+from ccm.geometry import box_to_center_scale, grid_to_image, to_pixel_center_heatmap, warp_crops
 from ccm.refine import DECODE_METHODS, decode_heatmaps, fuse_flip
 from ccm.skeleton import flip_permutation
 
@@ -170,6 +170,9 @@ class PoseEngine:
             half = heatmaps.shape[0] // 2
             heatmaps = fuse_flip(heatmaps[:half], heatmaps[half:], self.flip_perm, self.flip_alpha)
         xy, scores = decode_heatmaps(heatmaps, self.config.decoder, self.config.blur_kernel)
+        # An imported model's heatmap map (MMPose / HRNet) -> this project's; identity for ours.
+        p = self.pose
+        xy = to_pixel_center_heatmap(xy, p.heatmap_mapping, p.input_size, p.heatmap_size)
         xy = grid_to_image(xy, center, scale, self.pose.heatmap_size)
         return torch.cat((xy, scores.unsqueeze(-1)), dim=-1)
 

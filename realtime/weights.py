@@ -34,11 +34,13 @@ from ccm.checkpoint import (
     save_checkpoint,
     sha256_of,
 )
+from ccm.geometry import HEATMAP_MAPPINGS
 from ccm.importers import (
     BACKBONE_LAYOUTS,
     LAYOUTS,
     POSE_LAYOUTS,
     PublicTraining,
+    guess_training,
     import_backbone,
     import_pose_checkpoint,
 )
@@ -81,6 +83,7 @@ class ManifestEntry:
     unbiased: bool = True
     flip_alpha: float = 0.0
     sigma: float = 2.0
+    heatmap_mapping: str | None = None
 
     @property
     def converts(self) -> bool:
@@ -104,9 +107,19 @@ class ManifestEntry:
             return f"{self.source_ap:.3f} ({self.ap_metric or 'reported by its publisher'})"
         return "-"
 
+    @property
+    def mapping(self) -> str:
+        """The heatmap mapping it was trained with: the manifest's, else "pixel-center" for this
+        project's files and the one `guess_training` reads from a public file's name."""
+        if self.heatmap_mapping is not None:
+            return self.heatmap_mapping
+        if self.kind == "pose" and self.layout in POSE_LAYOUTS:
+            return guess_training(self.file, self.input_size or (256, 192)).heatmap_mapping
+        return "pixel-center"
+
     def training(self) -> PublicTraining:
         return PublicTraining(
-            self.unbiased, self.flip_alpha, self.sigma, self.source_ap, self.ap_metric
+            self.unbiased, self.flip_alpha, self.sigma, self.source_ap, self.ap_metric, self.mapping
         )
 
 
@@ -192,6 +205,11 @@ def _entry(table: object, path: Path, index: int) -> ManifestEntry:
             raise ValueError(f"{where}: {key} must be a number")
     if "unbiased" in values and not isinstance(values["unbiased"], bool):
         raise ValueError(f"{where}: unbiased must be true or false")
+    if "heatmap_mapping" in values and values["heatmap_mapping"] not in HEATMAP_MAPPINGS:
+        raise ValueError(
+            f"{where}: heatmap_mapping {values['heatmap_mapping']!r} is not one of "
+            f"{', '.join(HEATMAP_MAPPINGS)}"
+        )
     if "input_size" in values:
         size = values["input_size"]
         if not (
@@ -290,6 +308,17 @@ def converted_status(entry: ManifestEntry, path: Path, deep: bool = False) -> En
             own,
             f"holds {config.arch} at {config.input_size}, the manifest lists {entry.arch} at "
             f"{entry.input_size}",
+        )
+    if config.heatmap_mapping != entry.mapping:
+        # A conversion older than the field reads as "pixel-center": every keypoint 1.5 crop
+        # pixels off. `weights fetch` converts it again from the verified public file.
+        return EntryStatus(
+            entry,
+            "invalid",
+            path,
+            own,
+            f"converted with heatmap mapping {config.heatmap_mapping!r}, the manifest lists "
+            f"{entry.mapping!r}; `weights fetch {entry.name}` converts it again",
         )
     status = EntryStatus(
         entry, VERIFIED, path, own, f"converted from {source.get('file', '?')} {recorded[:8]}"
@@ -660,8 +689,11 @@ def _describe(path: Path) -> str:
     except ValueError:
         return "(not a ccm-pose checkpoint)"
     ap = config.metrics.get("AP")
-    return f"{config.arch} {config.input_size[0]}x{config.input_size[1]}" + (
-        f", AP {ap}" if ap is not None else ", no AP"
+    mapping = config.heatmap_mapping
+    return (
+        f"{config.arch} {config.input_size[0]}x{config.input_size[1]}"
+        + (f", AP {ap}" if ap is not None else ", no AP")
+        + (f", {mapping} heatmaps" if mapping != "pixel-center" else "")
     )
 
 
@@ -751,7 +783,10 @@ def _import_pose(
     print(f"{path.name} ({imported.source_arch}) -> {out} ({config.arch}, {size})")
     print(f"  {imported.report.summary()}")
     if whole:
-        print(f"  unbiased={config.unbiased}, flip_alpha={config.flip_alpha}, sigma={config.sigma}")
+        print(
+            f"  unbiased={config.unbiased}, flip_alpha={config.flip_alpha}, sigma={config.sigma}, "
+            f"heatmap_mapping={config.heatmap_mapping}"
+        )
     else:
         print(f"  train it with: python -m train --init {out} ...")
     return 0

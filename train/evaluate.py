@@ -6,7 +6,8 @@ Prediction is split in two so that one network pass serves many refinement setti
    on the crops and, for the flip test, on their mirror images (`torch.flip(crops, [-1])`).
 2. `decode_poses`: heatmaps -> poses in image pixels: flip fusion with the sub-pixel shift (SSP,
    Eq. (22)), Gaussian filtering (GF), sub-pixel decoding (SOA Eq. (10)-(19), DARK, ...), the
-   heatmap -> image map of `ccm.geometry`, and HRNet's rescoring (box score x mean keypoint score).
+   model's heatmap mapping (`PoseConfig.heatmap_mapping`), the heatmap -> image map of
+   `ccm.geometry`, and HRNet's rescoring (box score x mean keypoint score).
 
 `suppress_duplicates` then runs OKS-NMS or Soft-NMS fusion (Eq. (20)-(21)) per image, and
 `coco_evaluate` scores the COCO keypoint results with pycocotools.
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ccm.checkpoint import PoseConfig, load_checkpoint
-from ccm.geometry import grid_to_image
+from ccm.geometry import grid_to_image, to_pixel_center_heatmap
 from ccm.nms import oks_nms, rescore, soft_nms_fusion
 from ccm.refine import DECODE_METHODS, decode_heatmaps, fuse_flip
 from ccm.skeleton import flip_permutation
@@ -236,7 +237,9 @@ def decode_poses(
         if config.flip:
             heatmaps = fuse_flip(heatmaps, part.flipped, perm, alpha)  # Eq. (22)
         xy, scores = decode_heatmaps(heatmaps, config.decoder, config.blur_kernel)
-        xy = grid_to_image(xy, part.center.float(), part.scale.float(), heatmaps.shape[-2:])
+        size = (heatmaps.shape[-2], heatmaps.shape[-1])
+        xy = to_pixel_center_heatmap(xy, pose_config.heatmap_mapping, pose_config.input_size, size)
+        xy = grid_to_image(xy, part.center.float(), part.scale.float(), size)
         keypoints.append(torch.cat((xy, scores.unsqueeze(-1)), dim=-1))
     kpts = torch.cat(keypoints) if keypoints else predicted.heatmaps.new_zeros((0, 0, 3))
     return Poses(

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ccm.checkpoint import PoseConfig, load_checkpoint
-from ccm.geometry import grid_to_image
+from ccm.geometry import grid_to_image, to_pixel_center_heatmap
 from ccm.refine import DECODE_METHODS, decode_heatmaps, fuse_flip
 from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS, flip_permutation
 from train.data import Instance
@@ -107,12 +107,13 @@ def scores_by_image(detections: Sequence[Mapping], image_ids: Sequence[int]) -> 
 
 def check_teachers(configs: Sequence[PoseConfig], names: Sequence[str]) -> None:
     """Refuse an ensemble whose heatmaps cannot be averaged: all teachers need the same input
-    size, number of keypoints and keypoint set."""
+    size, number of keypoints, keypoint set and heatmap mapping (an "msra" teacher's maps sit
+    0.375 heatmap pixels off those of a teacher trained here)."""
     if not configs:
         raise ValueError("need at least one teacher checkpoint")
     first = configs[0]
     for config, name in zip(configs[1:], names[1:], strict=True):
-        for field in ("input_size", "num_keypoints", "keypoint_set"):
+        for field in ("input_size", "num_keypoints", "keypoint_set", "heatmap_mapping"):
             if getattr(config, field) != getattr(first, field):
                 raise ValueError(
                     f"teacher {name} has {field.replace('_', ' ')} {getattr(config, field)}, "
@@ -189,7 +190,9 @@ def pseudo_label(
             heatmaps = ensemble_heatmaps(teachers, batch["image"].to(device), flip)
             xy, scores = decode_heatmaps(heatmaps, decoder, blur_kernel)
             center, scale = batch["center"].to(device), batch["scale"].to(device)
-            xy = grid_to_image(xy, center, scale, heatmaps.shape[-2:])
+            size = (heatmaps.shape[-2], heatmaps.shape[-1])
+            xy = to_pixel_center_heatmap(xy, config.heatmap_mapping, config.input_size, size)
+            xy = grid_to_image(xy, center, scale, size)
             kpts = torch.cat((xy, scores.unsqueeze(-1)), -1).cpu().double().numpy()
             for index, person in zip(batch["index"].tolist(), kpts, strict=True):
                 ann = _annotation(instances[index], person, keypoint_threshold)

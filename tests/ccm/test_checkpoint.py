@@ -178,3 +178,30 @@ def test_source_record_round_trips(tmp_path):
     path = save_checkpoint(tmp_path / "s.safetensors", config.build_model(), config, source)
     assert read_source(path) == source
     assert read_checkpoint(path, tensors=False)[0] == config
+
+
+def test_heatmap_mapping_round_trips_and_old_configs_read_as_pixel_centre(saved, tmp_path):
+    path, _, _ = saved
+    _, tensors = read_checkpoint(path)
+    msra = PoseConfig("ccm_mobilenetv2", input_size=SIZE, flip_alpha=0.75, heatmap_mapping="msra")
+    assert PoseConfig.from_json(msra.to_json()) == msra
+    save_file(tensors, str(tmp_path / "msra.safetensors"),
+              metadata={"format": "ccm-pose/1", "config": msra.to_json()})  # fmt: skip
+    loaded, _ = read_checkpoint(tmp_path / "msra.safetensors", tensors=False)
+    assert loaded == msra
+    # A config written before the field existed: this project's convention.
+    old = json.loads(msra.to_json())
+    del old["heatmap_mapping"]
+    save_file(tensors, str(tmp_path / "old.safetensors"),
+              metadata={"format": "ccm-pose/1", "config": json.dumps(old)})  # fmt: skip
+    config, _ = read_checkpoint(tmp_path / "old.safetensors", tensors=False)
+    assert (config.heatmap_mapping, config.flip_alpha) == ("pixel-center", 0.75)
+
+
+def test_unknown_heatmap_mapping_is_refused():
+    with pytest.raises(ValueError, match=r"unknown heatmap mapping 'center'; choose from "
+                       r"pixel-center, msra, udp"):  # fmt: skip
+        PoseConfig("ccm_mobilenetv2", heatmap_mapping="center")
+    text = PoseConfig("ccm_mobilenetv2").to_json().replace('"pixel-center"', '"MSRA"')
+    with pytest.raises(ValueError, match="unknown heatmap mapping 'MSRA'"):
+        PoseConfig.from_json(text)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ccm.geometry import (
+    HEATMAP_MAPPINGS,
     apply_affine,
     box_to_center_scale,
     center_scale_to_box,
@@ -13,6 +14,7 @@ from ccm.geometry import (
     heatmap_to_crop,
     image_to_grid,
     invert_affine,
+    to_pixel_center_heatmap,
     warp_crops,
 )
 
@@ -152,3 +154,59 @@ def test_warp_crops_handles_several_images_and_no_people():
         images, torch.zeros(0, dtype=torch.long), torch.zeros(0, 2), torch.zeros(0, 2), (64, 48)
     )
     assert empty.shape == (0, 3, 64, 48)
+
+
+def codec_heatmap_points(crop: torch.Tensor, mapping: str) -> torch.Tensor:
+    """Where each codec puts crop pixels (..., 2) on its heatmap (`CROP` -> `HEATMAP`)."""
+    (h_in, w_in), (h_hm, w_hm) = CROP, HEATMAP
+    if mapping == "msra":  # MMPose MSRAHeatmap: keypoints / (input_size / heatmap_size)
+        return crop / torch.tensor([w_in / w_hm, h_in / h_hm], dtype=crop.dtype)
+    if mapping == "udp":  # MMPose UDPHeatmap: keypoints / ((input_size - 1) / (heatmap_size - 1))
+        scale = ((w_hm - 1) / (w_in - 1), (h_hm - 1) / (h_in - 1))
+        return crop * torch.tensor(scale, dtype=crop.dtype)
+    return crop_to_heatmap(crop, 4)
+
+
+@pytest.mark.parametrize("mapping", HEATMAP_MAPPINGS)
+def test_each_heatmap_mapping_converts_to_the_crop_point_it_encodes(mapping):
+    center, scale, _, points = regions()
+    crop = points * 4  # crop pixels, inside and a little outside the crop
+    converted = to_pixel_center_heatmap(codec_heatmap_points(crop, mapping), mapping, CROP, HEATMAP)
+    assert (heatmap_to_crop(converted, 4) - crop).abs().max() < 1e-9
+    assert (
+        grid_to_image(converted, center, scale, HEATMAP) - grid_to_image(crop, center, scale, CROP)
+    ).abs().max() < 1e-9
+
+
+def test_msra_heatmaps_read_as_pixel_centre_are_off_by_one_and_a_half_crop_pixels():
+    _, _, _, points = regions()
+    crop = points * 4
+    as_ours = heatmap_to_crop(codec_heatmap_points(crop, "msra"), 4)
+    torch.testing.assert_close(as_ours - crop, torch.full_like(crop, 1.5), rtol=0, atol=1e-9)
+    # In heatmap pixels that is (1 - 1/4) / 2 = 0.375, the shift the conversion removes.
+    hm = codec_heatmap_points(crop, "msra")
+    torch.testing.assert_close(
+        hm - to_pixel_center_heatmap(hm, "msra", CROP, HEATMAP),
+        torch.full_like(hm, 0.375), rtol=0, atol=1e-12,
+    )  # fmt: skip
+    assert to_pixel_center_heatmap(hm, "pixel-center", CROP, HEATMAP) is hm
+
+
+def test_heatmap_mapping_compiles_without_graph_breaks():
+    hm = codec_heatmap_points(regions()[3].float() * 4, "udp")
+    for mapping in HEATMAP_MAPPINGS:
+
+        def convert(points, mapping=mapping):
+            return to_pixel_center_heatmap(points, mapping, CROP, HEATMAP)
+
+        compiled = torch.compile(convert, backend="eager", fullgraph=True, dynamic=False)
+        torch.testing.assert_close(compiled(hm), convert(hm), rtol=0, atol=0)
+
+
+def test_bad_heatmap_mappings_are_refused():
+    points = torch.zeros(1, 17, 2)
+    with pytest.raises(ValueError, match=r"unknown heatmap mapping 'mmpose'; choose from "
+                       r"pixel-center, msra, udp"):  # fmt: skip
+        to_pixel_center_heatmap(points, "mmpose", CROP, HEATMAP)
+    with pytest.raises(ValueError, match=r"udp mapping needs heatmaps of at least 2x2"):
+        to_pixel_center_heatmap(points, "udp", (4, 4), (1, 1))

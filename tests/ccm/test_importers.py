@@ -15,6 +15,7 @@ from torchvision.models.resnet import Bottleneck
 from ccm.backbones.hrnet import HighResolutionModule
 from ccm.checkpoint import sha256_of
 from ccm.importers import (
+    PublicTraining,
     convert_public_pose,
     guess_training,
     import_backbone,
@@ -174,8 +175,14 @@ def test_mmpose_file_with_numpy_meta_imports_when_its_hash_is_known(tmp_path, cr
 
     assert imported.config.arch == "simplebaseline_mobilenetv2"
     assert (imported.config.unbiased, imported.config.flip_alpha) == (False, 0.75)
+    assert imported.config.heatmap_mapping == "msra"  # MSRAHeatmap: crop x = 4 x heatmap x
     assert imported.source["sha256"] == sha256_of(path)
     assert_same_outputs(imported.model, source, crops)
+    # Into a CCM arch the heads are fresh and will be trained here: this project's convention.
+    fresh = import_pose_checkpoint(
+        path, "mmpose", arch="ccm_mobilenetv2", input_size=SIZE, expected_sha256=sha256_of(path)
+    )
+    assert (fresh.config.heatmap_mapping, fresh.config.flip_alpha) == ("pixel-center", 0.0)
 
 
 def test_training_conventions_guessed_from_file_names():
@@ -185,6 +192,13 @@ def test_training_conventions_guessed_from_file_names():
     assert (dark.unbiased, dark.flip_alpha, dark.sigma) == (True, 0.75, 3.0)
     assert (udp.unbiased, udp.flip_alpha, udp.sigma) == (True, 0.0, 2.0)
     assert (plain.unbiased, plain.flip_alpha, plain.sigma) == (False, 0.75, 2.0)
+    assert (dark.heatmap_mapping, udp.heatmap_mapping, plain.heatmap_mapping) == (
+        "msra",
+        "udp",
+        "msra",
+    )
+    with pytest.raises(ValueError, match="unknown heatmap mapping 'dark'"):
+        PublicTraining(True, 0.75, heatmap_mapping="dark")
 
 
 def test_torchvision_resnet50_imagenet_file_becomes_backbone_weights(tmp_path):

@@ -4,7 +4,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccm.checkpoint import PoseConfig
-from realtime.engine import IMAGENET_MEAN, IMAGENET_STD, EngineConfig, PoseEngine
+from ccm.codec import encode_heatmaps
+from ccm.geometry import crop_to_heatmap, grid_to_image
+from ccm.skeleton import flip_permutation
+from realtime.engine import IMAGENET_MEAN, IMAGENET_STD, EngineConfig, PoseBatch, PoseEngine
 
 SIZE = (128, 96)
 POSE = PoseConfig("ccm_mobilenetv2", input_size=SIZE)
@@ -48,6 +51,101 @@ def test_keypoints_land_on_the_image_point_with_flip_test():
         err = (out[:, 0, :2] - torch.tensor(points)).norm(dim=-1)
         assert err.max() < 0.05, (flip, err)
         assert (out[..., 2] > 0.3).all()
+
+
+# Two regions (image pixels) with the crops' aspect ratio 96 / 128: image px per crop px 1.5625
+# and 0.9375.
+CENTER = torch.tensor([[200.5, 150.25], [320.0, 240.0]])
+SCALE = torch.tensor([[150.0, 200.0], [90.0, 120.0]])
+
+
+def codec_heatmaps(crop: torch.Tensor, mapping: str) -> torch.Tensor:
+    """Unbiased Gaussians (sigma 2) at crop points (N, K, 2), placed on a (32, 24) heatmap the way
+    each codec encodes: msra at crop / 4 (MMPose MSRAHeatmap), udp at crop (W_h - 1) / (W - 1)
+    (MMPose UDPHeatmap), pixel-center at (crop + 0.5) / 4 - 0.5 (this project)."""
+    (h_in, w_in), (h_hm, w_hm) = SIZE, POSE.heatmap_size
+    if mapping == "msra":
+        xy = crop / 4
+    elif mapping == "udp":
+        xy = crop * torch.tensor([(w_hm - 1) / (w_in - 1), (h_hm - 1) / (h_in - 1)])
+    else:
+        xy = crop_to_heatmap(crop, 4)
+    return encode_heatmaps(xy.double(), (h_hm, w_hm)).float()
+
+
+def network_heatmaps(crop: torch.Tensor, mapping: str, flip_test: bool) -> torch.Tensor:
+    """What a perfect network trained with `mapping` returns for the crops and, with the flip
+    test, for the mirrored crops: there joint k shows the mirror image of joint perm[k]."""
+    plain = codec_heatmaps(crop, mapping)
+    if not flip_test:
+        return plain
+    mirrored = crop[:, flip_permutation(crop.shape[1])].clone()
+    mirrored[..., 0] = SIZE[1] - 1 - mirrored[..., 0]
+    return torch.cat((plain, codec_heatmaps(mirrored, mapping)))
+
+
+def crop_points(seed: int) -> torch.Tensor:
+    """(2, 17, 2) crop pixels away from the border (DARK needs neighbours)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, 17, 2, generator=g, dtype=torch.float64) * torch.tensor([72.0, 104.0]) + 12
+
+
+def refine_heatmaps(pose: PoseConfig, heatmaps: torch.Tensor, **kw) -> torch.Tensor:
+    engine = PoseEngine(DotFinder(), pose, EngineConfig(decoder="dark", blur_kernel=0, **kw))
+    batch = PoseBatch(2, 2, CENTER, SCALE, heatmaps=heatmaps)
+    return engine.refine(batch)[..., :2].double()
+
+
+@pytest.mark.parametrize(
+    ("mapping", "flip_alpha"), [("pixel-center", 0.0), ("msra", 0.75), ("udp", 0.0)]
+)
+def test_each_codec_decodes_to_the_true_image_point(mapping, flip_alpha):
+    pose = PoseConfig("ccm_mobilenetv2", input_size=SIZE, flip_alpha=flip_alpha,
+                      heatmap_mapping=mapping)  # fmt: skip
+    crop = crop_points(seed=1)
+    truth = grid_to_image(crop, CENTER.double(), SCALE.double(), SIZE)
+    out = refine_heatmaps(pose, network_heatmaps(crop, mapping, False), flip_test=False)
+    assert (out - truth).abs().max() < 1e-3  # measured 1.6e-5 to 2.2e-5 image px
+
+
+def test_msra_heatmaps_read_as_pixel_centre_are_off_by_one_and_a_half_crop_pixels():
+    crop = crop_points(seed=2)
+    truth = grid_to_image(crop, CENTER.double(), SCALE.double(), SIZE)
+    heatmaps = network_heatmaps(crop, "msra", False)
+    out = refine_heatmaps(POSE, heatmaps, flip_test=False)  # POSE: pixel-center
+    # 1.5 crop px x (region size / crop size) image px, right and down, for every keypoint.
+    expected = (1.5 * SCALE[:, 0] / SIZE[1]).double()  # 2.34375 and 1.40625
+    torch.testing.assert_close(out - truth, expected[:, None, None].expand_as(out),
+                               rtol=0, atol=1e-4)  # fmt: skip
+
+
+def test_flip_test_realigns_each_codec_with_its_ssp_alpha():
+    crop = crop_points(seed=3)
+    truth = grid_to_image(crop, CENTER.double(), SCALE.double(), SIZE)
+    errors = {}
+    for mapping, alpha in (("msra", 0.75), ("msra", 0.0), ("udp", 0.0), ("pixel-center", 0.0)):
+        pose = PoseConfig("ccm_mobilenetv2", input_size=SIZE, flip_alpha=alpha,
+                          heatmap_mapping=mapping)  # fmt: skip
+        out = refine_heatmaps(pose, network_heatmaps(crop, mapping, True), flip_test=True)
+        # In crop pixels, so the numbers do not depend on the region size.
+        errors[mapping, alpha] = ((out - truth) * SIZE[1] / SCALE[:, None, :1]).abs().max().item()
+    # UDP and this project's grids mirror exactly (measured 2e-5 crop px). msra's mirrored maps
+    # sit 0.75 heatmap px left; SSP's alpha 0.75 (Eq. 22) blends them back, leaving 0.022 crop px
+    # because a blend of two shifted Gaussians peaks slightly off their mean; alpha 0 leaves the
+    # fused peak 1.5 crop px off.
+    assert errors["udp", 0.0] < 1e-3 and errors["pixel-center", 0.0] < 1e-3
+    assert errors["msra", 0.75] < 0.03
+    assert errors["msra", 0.0] > 1.4
+
+
+def test_the_refine_step_of_an_imported_model_compiles_without_graph_breaks():
+    pose = PoseConfig("ccm_mobilenetv2", input_size=SIZE, flip_alpha=0.75, heatmap_mapping="msra")
+    engine = PoseEngine(DotFinder(), pose, EngineConfig(decoder="dark", blur_kernel=5))
+    heatmaps = network_heatmaps(crop_points(seed=4), "msra", True)
+    compiled = torch.compile(engine._refine_eager, backend="eager", fullgraph=True, dynamic=False)
+    torch.testing.assert_close(
+        compiled(heatmaps, CENTER, SCALE), engine._refine_eager(heatmaps, CENTER, SCALE)
+    )
 
 
 def test_no_people_gives_an_empty_result():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ccm.checkpoint import PoseConfig, save_checkpoint
-from ccm.codec import encode_targets
-from ccm.geometry import image_to_grid
+from ccm.codec import encode_heatmaps, encode_targets
+from ccm.geometry import crop_to_heatmap, grid_to_image, image_to_grid
 from ccm.nms import nms_similarity
 from ccm.skeleton import flip_permutation
 from train import ablate, evaluate
@@ -318,3 +319,55 @@ def test_duplicates_are_suppressed_per_image():
     greedy = suppress_duplicates(poses, "oks", 0.9)
     assert torch.equal(greedy.keypoints, torch.cat((base, base)))
     assert suppress_duplicates(poses, "none").keypoints.shape[0] == 3
+
+
+def imported_predictions(crop: Tensor, mapping: str, center: Tensor, scale: Tensor):
+    """PredictedHeatmaps of a perfect network trained with `mapping`, for crop points (N, 17, 2)
+    of CONFIG's (256, 192) crops: Gaussians on the (64, 48) heatmaps where that codec puts them
+    (msra: crop / 4, MMPose MSRAHeatmap; udp: crop (W_h - 1) / (W - 1), MMPose UDPHeatmap), and
+    on the mirrored crops the mirror image of joint perm[k] in channel k."""
+
+    def encode(points: Tensor) -> Tensor:
+        if mapping == "msra":
+            xy = points / 4
+        elif mapping == "udp":
+            xy = points * torch.tensor([47 / 191, 63 / 255], dtype=points.dtype)
+        else:
+            xy = crop_to_heatmap(points, 4)
+        return encode_heatmaps(xy, CONFIG.heatmap_size).float()
+
+    mirrored = crop[:, PERM].clone()
+    mirrored[..., 0] = 191 - mirrored[..., 0]
+    n = crop.shape[0]
+    return PredictedHeatmaps(
+        encode(crop), encode(mirrored), center, scale, torch.arange(n), torch.ones(n)
+    )
+
+
+@pytest.mark.parametrize(
+    ("mapping", "flip_alpha"), [("pixel-center", 0.0), ("msra", 0.75), ("udp", 0.0)]
+)
+def test_imported_heatmap_mappings_decode_to_the_true_image_point(mapping, flip_alpha):
+    g = torch.Generator().manual_seed(11)
+    crop = torch.rand(3, 17, 2, generator=g, dtype=torch.float64) * torch.tensor([160.0, 220.0])
+    crop = crop + 16  # away from the border, where DARK has neighbours
+    center = torch.tensor([[300.0, 200.0], [120.5, 340.25], [640.0, 90.0]])
+    scale = torch.tensor([[192.0, 256.0], [96.0, 128.0], [300.0, 400.0]])  # 1, 0.5, 1.5625 px/px
+    truth = grid_to_image(crop, center.double(), scale.double(), (256, 192))
+    predicted = imported_predictions(crop, mapping, center, scale)
+    pose = replace(CONFIG, heatmap_mapping=mapping, flip_alpha=flip_alpha)
+    plain = decode_poses(predicted, EvalConfig(flip=False, decoder="dark"), pose).keypoints
+    # measured 4e-5 image px, float32 rounding of the image coordinates
+    assert (plain[..., :2].double() - truth).abs().max() < 1e-3
+    flipped = decode_poses(predicted, EvalConfig(flip=True, decoder="dark"), pose).keypoints
+    # SSP's alpha 0.75 re-aligns msra's mirrored maps to 0.022 crop px (see test_engine).
+    in_crop_px = (flipped[..., :2].double() - truth) * 192 / scale[:, None, :1]
+    assert in_crop_px.abs().max() < (0.03 if mapping == "msra" else 1e-3)
+    if mapping == "msra":
+        # Read as this project's grids, every keypoint lands 1.5 crop px right and down.
+        ours = decode_poses(predicted, EvalConfig(flip=False, decoder="dark"), CONFIG).keypoints
+        expected = (1.5 * scale[:, 0] / 192).double()  # 1.5, 0.75, 2.34375 image px
+        offset = ours[..., :2].double() - truth
+        torch.testing.assert_close(
+            offset, expected[:, None, None].expand_as(truth), rtol=0, atol=1e-4
+        )
