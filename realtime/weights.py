@@ -84,6 +84,7 @@ class ManifestEntry:
     flip_alpha: float = 0.0
     sigma: float = 2.0
     heatmap_mapping: str | None = None
+    demo: bool = False  # trained on synthetic figures only: ranked below every real checkpoint
 
     @property
     def converts(self) -> bool:
@@ -203,8 +204,9 @@ def _entry(table: object, path: Path, index: int) -> ManifestEntry:
     for key in ("source_ap", "measured_ap", "flip_alpha", "sigma"):
         if key in values and not isinstance(values[key], int | float):
             raise ValueError(f"{where}: {key} must be a number")
-    if "unbiased" in values and not isinstance(values["unbiased"], bool):
-        raise ValueError(f"{where}: unbiased must be true or false")
+    for key in ("unbiased", "demo"):
+        if key in values and not isinstance(values[key], bool):
+            raise ValueError(f"{where}: {key} must be true or false")
     if "heatmap_mapping" in values and values["heatmap_mapping"] not in HEATMAP_MAPPINGS:
         raise ValueError(
             f"{where}: heatmap_mapping {values['heatmap_mapping']!r} is not one of "
@@ -366,16 +368,17 @@ def unlisted_files(weights_dir: Path, manifest: Manifest) -> list[Path]:
 def best_present(
     kind: str, weights_dir: Path = WEIGHTS_DIR, manifest: Manifest | None = None
 ) -> EntryStatus | None:
-    """The present, verified checkpoint of `kind` with the highest AP, or None.
+    """The present, verified checkpoint of `kind` with the highest AP, or None. Demo weights
+    (trained on synthetic figures; their AP is on synthetic data) come after every real one.
 
-    Candidates are tried from the highest AP down, so only the files needed are hashed.
+    Candidates are tried from the best down, so only the files needed are hashed.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     manifest = manifest or load_manifest(manifest_path(weights_dir))
     candidates = sorted(
         (e for e in manifest.entries if e.kind == kind),
-        key=lambda e: -1.0 if e.ap is None else e.ap,
+        key=lambda e: (not e.demo, -1.0 if e.ap is None else e.ap),
         reverse=True,
     )
     for entry in candidates:
@@ -406,6 +409,7 @@ def select_pose_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
             best.entry.arch,
             best.entry.ap_text(),
         )
+        _warn_if_demo(best.entry)
         return best.path
     ranked = []
     for path in unlisted_files(weights_dir, manifest):
@@ -455,7 +459,17 @@ def select_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
         best.entry.name,
         best.entry.ap_text(),
     )
+    _warn_if_demo(best.entry)
     return best.path
+
+
+def _warn_if_demo(entry: ManifestEntry) -> None:
+    if entry.demo:
+        logger.warning(
+            "%s are demo weights, trained on synthetic figures only: expect poor results on real "
+            "footage (`python app.py weights list` shows the COCO checkpoints to fetch)",
+            entry.name,
+        )
 
 
 # ---- fetching ----------------------------------------------------------------------------------
@@ -669,10 +683,12 @@ def run_list(args: argparse.Namespace) -> int:
         size = "x".join(map(str, entry.input_size)) if entry.input_size else "-"
         ap = "-" if entry.ap is None else f"{entry.ap:.3f}"
         ap += "*" if entry.measured_ap is not None else ""
+        name = entry.name + (" (demo)" if entry.demo else "")
         file = status.path.name if status.path else entry.file
-        rows.append((entry.name, entry.kind, entry.arch, size, ap, status.state, file))
+        rows.append((name, entry.kind, entry.arch, size, ap, status.state, file))
     print(_table(rows))
     print("AP: as its publisher reports it (ap_metric in the manifest); * measured here")
+    print("(demo): trained on synthetic figures only, used when nothing else is present")
     unlisted = unlisted_files(args.weights_dir, manifest)
     if unlisted:
         print(f"\nnot in the manifest ({len(unlisted)}), so not verified:")

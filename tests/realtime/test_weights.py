@@ -5,6 +5,7 @@ else touches the network.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 import re
@@ -182,6 +183,8 @@ def test_project_manifest_lists_the_known_checkpoints():
         ({"sha256": "xyz"}, r"'xyz' is not 8 to 64 hex digits"),
         ({"arch": "resnet9"}, r"'x': a pose checkpoint needs an arch"),
         ({"layout": "timm"}, r"'x': a pose checkpoint's layout is one of"),
+        ({"heatmap_mapping": "corner"}, r"'x': heatmap_mapping 'corner' is not one of"),
+        ({"demo": "yes"}, r"'x': demo must be true or false"),
     ],
 )
 def test_bad_manifest_entries_are_refused(tmp_path, fields, message):
@@ -270,6 +273,7 @@ def test_fetch_converts_a_pose_checkpoint_after_verifying_it(
         0.75,
     )
     assert config.metrics == {"AP": 0.648, "split": "COCO val2017"}
+    assert config.heatmap_mapping == "msra"  # MMPose's MSRAHeatmap codec, from the file name
     assert read_source(out)["sha256"] == sha256_of(path)
     x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -278,6 +282,12 @@ def test_fetch_converts_a_pose_checkpoint_after_verifying_it(
     server.requests.clear()
     assert fetch(manifest.get("pub-mbv2"), tmp_path) == out  # present: no second download
     assert server.requests == []
+    # A conversion that decodes in the wrong heatmap convention is not used.
+    stale = dataclasses.replace(config, heatmap_mapping="pixel-center")
+    save_checkpoint(out, loaded, stale, read_source(out))
+    status = entry_status(manifest.get("pub-mbv2"), tmp_path)
+    assert status.state == "invalid"
+    assert "heatmap mapping 'pixel-center', the manifest lists 'msra'" in status.detail
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +344,22 @@ def test_best_present_picks_the_highest_verified_ap(tmp_path, tiny_checkpoint, c
     shutil.copy(tiny_checkpoint, tmp_path / "my-run.safetensors")
     assert default_pose_checkpoint(tmp_path) == tmp_path / "my-run.safetensors"
     assert "not in the manifest, so not verified" in caplog.text
+
+
+def test_demo_weights_come_after_every_real_checkpoint(tmp_path, tiny_checkpoint, caplog):
+    write_manifest(
+        tmp_path,
+        ccm_entry("demo", tiny_checkpoint, 0.95, demo=True),
+        ccm_entry("coco", tiny_checkpoint, 0.70),
+    )
+    for name in ("demo", "coco"):
+        shutil.copy(tiny_checkpoint, tmp_path / f"{name}.safetensors")
+    caplog.set_level(logging.INFO, logger="realtime.weights")
+    assert default_pose_checkpoint(tmp_path) == tmp_path / "coco.safetensors"
+    assert "demo weights" not in caplog.text
+    (tmp_path / "coco.safetensors").unlink()
+    assert default_pose_checkpoint(tmp_path) == tmp_path / "demo.safetensors"
+    assert "demo are demo weights, trained on synthetic figures only" in caplog.text
 
 
 def test_detectors_are_picked_only_when_verified(tmp_path, server):
