@@ -249,3 +249,14 @@ def test_hndm_cli_with_a_detector(unlabeled, tmp_path, monkeypatch):
                 overlap_w = min(x + w, bx + bw) - max(x, bx)
                 overlap_h = min(y + h, by + bh) - max(y, by)
                 assert overlap_w <= 0 or overlap_h <= 0
+
+
+def test_teachers_with_different_heatmap_mappings_are_refused():
+    # Their heatmaps are averaged before decoding: an msra teacher's sit 0.375 px off ours.
+    ours = PoseConfig("ccm_mobilenetv2", input_size=(64, 64))
+    mmpose = PoseConfig("ccm_mobilenetv2", input_size=(64, 64), heatmap_mapping="msra")
+    pseudo_label.check_teachers([ours, ours], ["a", "b"])
+    with pytest.raises(
+        ValueError, match="teacher b has heatmap mapping msra, teacher a pixel-center"
+    ):
+        pseudo_label.check_teachers([ours, mmpose], ["a", "b"])
