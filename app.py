@@ -85,7 +85,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         help="drop people scored below this (detector score x mean confident keypoint score)",
     )
     detect.add_argument(
-        "--det-size", type=int, default=640, help="detector input size (multiple of 32)"
+        "--det-size",
+        type=int,
+        help="detector input size (multiple of 32); default: the size its weights were trained "
+        "at (640 for the COCO YOLO models)",
     )
     track = parser.add_argument_group("tracking")
     track.add_argument(

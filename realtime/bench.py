@@ -505,6 +505,7 @@ def run_benchmark(
     report["cpu"]["load_average_at_start"] = list(load) if load else None
     # What actually ran, where the options left it to the pipeline or to the mode.
     report["config"]["pipeline"]["detection"]["weights"] = report["pose_model"]["detector"]
+    report["config"]["pipeline"]["detection"]["imgsz"] = base.detector.config.imgsz
     report["config"]["pipeline"]["pipeline"]["sync_timing"] = stage_config.sync_timing
     if config.reference:
         logger.info("timing the reference %s", config.reference_weights)
@@ -512,7 +513,7 @@ def run_benchmark(
         try:
             report["reference"] = time_reference(
                 config.reference_weights, ref_frames, config.warmup, config.frames, device,
-                options.detection,
+                base.detector.config,  # the detector's input size, as resolved
             )  # fmt: skip
         finally:
             ref_frames.close()

@@ -55,7 +55,9 @@ class DetectorConfig:
             .yaml ultralytics ships (e.g. "yolo11n.yaml": random weights, for tests).
         conf: minimum confidence of a kept box.
         iou: IoU above which NMS suppresses the lower-scored box.
-        imgsz: inference size in pixels (the longer side after letterboxing), a multiple of 32.
+        imgsz: inference size in pixels (the longer side after letterboxing), a multiple of 32;
+            None runs the weights at the size they were trained at (ultralytics records it in
+            its weight files), or 640 when they do not say.
         max_det: most boxes kept per frame.
         device: "cpu", "cuda", "cuda:1", ...; None takes the first GPU when there is one.
         half: fp16 inference on CUDA (ignored on the CPU).
@@ -64,7 +66,7 @@ class DetectorConfig:
     weights: str | Path = "yolo11n.pt"
     conf: float = 0.3
     iou: float = 0.6
-    imgsz: int = 640
+    imgsz: int | None = None
     max_det: int = 100
     device: str | None = None
     half: bool = True
@@ -74,7 +76,7 @@ class DetectorConfig:
             raise ValueError(f"conf must be in [0, 1], got {self.conf}")
         if not 0.0 <= self.iou <= 1.0:
             raise ValueError(f"iou must be in [0, 1], got {self.iou}")
-        if self.imgsz <= 0 or self.imgsz % 32:
+        if self.imgsz is not None and (self.imgsz <= 0 or self.imgsz % 32):
             raise ValueError(f"imgsz must be a positive multiple of 32, got {self.imgsz}")
         if self.max_det < 1:
             raise ValueError(f"max_det must be at least 1, got {self.max_det}")
@@ -143,7 +145,10 @@ class PersonDetector:
         if first != "person" and not first.isdigit():
             log.warning("class 0 of %s is %r, not 'person'; detecting it as person", weights, first)
 
-        self._predict_args = _predict_args(config, self.device, "quantize" in DEFAULT_CFG_DICT)
+        if config.imgsz is None:
+            self.config = dataclasses.replace(config, imgsz=trained_size(self.model.overrides))
+            log.info("detector input size %d (as trained)", self.config.imgsz)
+        self._predict_args = _predict_args(self.config, self.device, "quantize" in DEFAULT_CFG_DICT)
 
     def with_thresholds(
         self, conf: float | None = None, iou: float | None = None, max_det: int | None = None
@@ -195,6 +200,14 @@ class PersonDetector:
             data = r.boxes.data  # (N, 6): x1, y1, x2, y2, conf, class; already on the device
             out.append(Detections(boxes=data[:, :4].float(), scores=data[:, 4].float()))
         return out
+
+
+def trained_size(overrides: dict[str, Any], default: int = 640) -> int:
+    """The input size ultralytics recorded for weights (its `YOLO.overrides`), as one int: the
+    longer side of an [h, w] pair, rounded up to a multiple of 32; `default` when absent."""
+    size = overrides.get("imgsz", default)
+    size = max(size) if isinstance(size, list | tuple) else int(size)
+    return -(-size // 32) * 32
 
 
 def _threshold_args(config: DetectorConfig) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from realtime.detector import (  # noqa: E402
     PersonDetector,
     boxes_from_keypoints,
     shipped_model_yaml,
+    trained_size,
 )
 
 IMGSZ = 320
@@ -265,3 +266,20 @@ def test_detector_fp16_on_cuda_returns_float32_on_the_gpu(bus_rgb: np.ndarray) -
     assert det.model.predictor.model.fp16
     assert out.boxes.device.type == "cuda" and out.boxes.dtype == torch.float32
     assert out.scores.device.type == "cuda" and out.scores.dtype == torch.float32
+
+
+def test_input_size_defaults_to_the_size_the_weights_were_trained_at(tmp_path) -> None:
+    assert trained_size({"imgsz": 320}) == 320
+    assert trained_size({"imgsz": [480, 640]}) == 640
+    assert trained_size({"imgsz": 300}) == 320  # rounded up to the network's stride
+    assert trained_size({}) == 640  # a model yaml records nothing: ultralytics' default
+    from ultralytics import YOLO
+
+    # A weight file records the training size; the detector runs at it unless told otherwise.
+    model = YOLO("yolo11n.yaml")
+    model.ckpt = {"train_args": {"task": "detect", "imgsz": 256}}  # as training writes it
+    model.save(tmp_path / "small.pt")
+    assert PersonDetector(DetectorConfig(tmp_path / "small.pt", device="cpu")).config.imgsz == 256
+    told = DetectorConfig(tmp_path / "small.pt", imgsz=IMGSZ, device="cpu")
+    assert PersonDetector(told).config.imgsz == IMGSZ
+    assert PersonDetector(DetectorConfig("yolo11n.yaml", device="cpu")).config.imgsz == 640
