@@ -93,7 +93,19 @@ def _disable_ultralytics_sync(ultralytics_dir: Path) -> None:
     if importlib.util.find_spec("ultralytics") is None:
         return
     already_imported = "ultralytics.utils" in sys.modules
+    # ultralytics.utils sets OMP_NUM_THREADS=1 when imported; torch imported after that would run
+    # every op (the pose network too) on one thread. Import torch first, and give the variable
+    # back its own value afterwards.
+    import torch  # noqa: F401
+
+    omp_threads = os.environ.get("OMP_NUM_THREADS")
     import ultralytics.utils as ul  # the environment above is set, so this import stays offline
+
+    if not already_imported:
+        if omp_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp_threads
 
     if already_imported and (ul.ONLINE or Path(ul.USER_CONFIG_DIR) != ultralytics_dir):
         log.warning(

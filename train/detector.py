@@ -104,7 +104,7 @@ def train_detector(
     net.train(
         data=str(yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers,
         seed=seed, deterministic=True, pretrained=False, amp=False, plots=False, project=str(out),
-        name="run", exist_ok=True, verbose=False, single_cls=True,
+        name="run", exist_ok=True, verbose=False,
     )  # fmt: skip
     best = out / "run" / "weights" / "best.pt"
     shutil.copy2(best, out / "best.pt")

@@ -283,3 +283,26 @@ def test_input_size_defaults_to_the_size_the_weights_were_trained_at(tmp_path) -
     told = DetectorConfig(tmp_path / "small.pt", imgsz=IMGSZ, device="cpu")
     assert PersonDetector(told).config.imgsz == IMGSZ
     assert PersonDetector(DetectorConfig("yolo11n.yaml", device="cpu")).config.imgsz == 640
+
+
+@pytest.mark.parametrize("user_value", [None, "1"])
+def test_configure_offline_keeps_torch_threads_and_the_users_omp_setting(
+    user_value: str | None,
+) -> None:
+    # Importing ultralytics sets OMP_NUM_THREADS=1, which would pin torch to one thread.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if user_value is not None:
+        env["OMP_NUM_THREADS"] = user_value
+    probe = "import os, torch; print(torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))"
+    plain = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    offline = subprocess.run(
+        [sys.executable, "-c", "from realtime.offline import configure_offline\n"
+         "configure_offline()\n" + probe],
+        env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout.split() == plain.stdout.split()
+    assert plain.stdout.split()[1] == str(user_value)

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v2
 
-from ccm.checkpoint import PoseConfig, load_checkpoint, read_source, save_checkpoint, sha256_of
+from ccm.checkpoint import (
+    PoseConfig,
+    load_checkpoint,
+    read_checkpoint,
+    read_source,
+    save_checkpoint,
+    sha256_of,
+)
 from ccm.model import build_model, load_backbone_weights
 from realtime.assemble import default_detector_weights, default_pose_checkpoint
 from realtime.weights import (
@@ -159,13 +166,14 @@ def pose_entry(path: Path, **extra) -> dict:
 
 def test_project_manifest_lists_the_known_checkpoints():
     manifest = load_manifest(MANIFEST_PATH)
-    by_kind = {k: [e for e in manifest.entries if e.kind == k] for k in ("pose", "backbone")}
+    public = [e for e in manifest.entries if not e.demo]
+    by_kind = {k: [e for e in public if e.kind == k] for k in ("pose", "backbone")}
     pose = {e.arch: e for e in by_kind["pose"]}
     assert len(by_kind["pose"]) == 6 and len(by_kind["backbone"]) == 2
     assert sorted(e.source_ap for e in by_kind["pose"]) == [0.648, 0.718, 0.746, 0.75, 0.757, 0.772]
     assert pose["hrnet_w48"].input_size == (384, 288) and pose["hrnet_w48"].sigma == 3.0
     assert pose["hrnet_w48"].unbiased and not pose["simplebaseline_resnet50"].unbiased
-    for entry in manifest.entries:
+    for entry in public:
         assert entry.url.endswith("/" + entry.file)
         if entry.layout in ("mmpose", "torchvision"):  # the hex in the name is a SHA-256 prefix
             assert entry.sha256 in entry.file and len(entry.sha256) == 8
@@ -173,6 +181,22 @@ def test_project_manifest_lists_the_known_checkpoints():
             assert entry.flip_alpha == 0.75 and entry.license == "Apache-2.0"
     assert manifest.get("yolo11n").sha256.startswith("0ebbc80d")
     assert len(manifest.get("yolo11m-pose").sha256) == 64
+
+
+def test_committed_demo_weights_are_listed_verified_and_picked():
+    manifest = load_manifest(MANIFEST_PATH)
+    demo = {e.kind: e for e in manifest.entries if e.demo}
+    assert sorted(demo) == ["detector", "pose"]
+    for entry in demo.values():
+        # Committed with the code, so no URL; a full hash and a metric measured here.
+        assert entry.url == "" and len(entry.sha256) == 64
+        assert entry.measured_ap is not None and "seed" in entry.measured_on
+        assert entry_status(entry, MANIFEST_PATH.parent).state == "verified"
+    # The demo pose file's own metadata holds the AP the manifest states.
+    config, _ = read_checkpoint(MANIFEST_PATH.parent / demo["pose"].file, tensors=False)
+    assert config.metrics["AP"] == pytest.approx(demo["pose"].measured_ap, abs=5e-4)
+    assert (config.arch, config.input_size) == (demo["pose"].arch, demo["pose"].input_size)
+    assert "seed" in str(config.metrics["split"]) and config.metrics["weights"] == "float16"
 
 
 @pytest.mark.parametrize(

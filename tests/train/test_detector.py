@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from train.detector import convert_split, evaluate_detector, train_detector, yolo_labels
+from train.detector import (
+    convert_split,
+    evaluate_detector,
+    load_yolo,
+    train_detector,
+    yolo_labels,
+)
 from train.synthetic import SyntheticConfig, generate_dataset
 
 
@@ -52,6 +58,8 @@ def test_detector_training_runs_end_to_end(tmp_path):
         tmp_path / "syn", tmp_path / "det", epochs=1, imgsz=64, batch=2, workers=0
     )
     assert (tmp_path / "det" / "best.pt").is_file()
+    # The pipeline reads class 0 as the person class and checks its name.
+    assert load_yolo(tmp_path / "det" / "best.pt").names == {0: "person"}
     assert (
         set(metrics) == {"mAP50-95", "mAP50"}
         and 0.0 <= metrics["mAP50-95"] <= metrics["mAP50"] <= 1.0
