@@ -68,6 +68,12 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     refine.add_argument(
         "--nms", choices=NMS_METHODS, default="softnms", help="merging of duplicate detections"
     )
+    refine.add_argument(
+        "--nms-threshold",
+        type=float,
+        default=0.9,
+        help="OKS above which two poses count as one person (lower merges more)",
+    )
     detect = parser.add_argument_group("detection")
     detect.add_argument(
         "--det-every",
@@ -120,7 +126,10 @@ def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
             half=args.half,
         ),
         pipeline=PipelineConfig(
-            det_every=args.det_every, nms=args.nms, min_pose_score=args.min_score
+            det_every=args.det_every,
+            nms=args.nms,
+            nms_threshold=args.nms_threshold,
+            min_pose_score=args.min_score,
         ),
         temporal=TemporalConfig(method=args.temporal),
     )

@@ -164,3 +164,22 @@ def test_demo_with_no_flags_finds_the_figures_with_the_ap_readme_states(tmp_path
     stated = re.search(r"end-to-end AP (\d+\.\d)%", (ROOT / "README.md").read_text())
     assert stated, "README states the demo's end-to-end AP"
     assert 100 * metrics["AP"] == pytest.approx(float(stated.group(1)), abs=2.0)
+
+
+def test_every_pipeline_flag_reaches_its_config():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    args = app.parser().parse_args(
+        ["video", "--nms-threshold", "0.5", "--det-every", "3", "--det-size", "320",
+         "--min-score", "0.2", "--decoder", "dark", "--blur", "0", "--temporal", "oneeuro"]
+    )  # fmt: skip
+    options = app.pipeline_options(args)
+    assert (options.pipeline.nms_threshold, options.pipeline.det_every) == (0.5, 3)
+    assert (options.pipeline.min_pose_score, options.detection.imgsz) == (0.2, 320)
+    assert (options.engine.decoder, options.engine.blur_kernel) == ("dark", 0)
+    assert options.temporal.method == "oneeuro"
+    defaults = app.pipeline_options(app.parser().parse_args(["video"]))
+    assert defaults.pipeline.nms_threshold == 0.9 and defaults.detection.imgsz is None
