@@ -148,10 +148,13 @@ def to_pixel_center_heatmap(
     else:
         crop_per_heatmap = ((w_in - 1) / (w_hm - 1), (h_in - 1) / (h_hm - 1))
     # j = c * h in the model's map; this project's heatmap pixel of crop pixel j is (j + 0.5) / s
-    # - 0.5 (`crop_to_heatmap`): one affine map per axis, built from Python numbers only.
-    gain = points.new_tensor([c / s for c, s in zip(crop_per_heatmap, stride, strict=True)])
-    offset = points.new_tensor([0.5 / s - 0.5 for s in stride])
-    return points * gain + offset
+    # - 0.5 (`crop_to_heatmap`): one affine map per axis with Python scalars, so no tensor is
+    # made (nor copied to the device) per call.
+    axes = [
+        points[..., i] * (c / s) + (0.5 / s - 0.5)
+        for i, (c, s) in enumerate(zip(crop_per_heatmap, stride, strict=True))
+    ]
+    return torch.stack(axes, dim=-1)
 
 
 def warp_crops(
