@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 from pathlib import Path
 
 from pycocotools.coco import COCO
 
 from realtime.results import FramePoses
+from train.datasets import read_json
 from train.evaluate import METRICS, coco_evaluate, format_table, percent_cells
 
 COCO_PERSON = {"id": 1, "name": "person", "supercategory": "person"}
@@ -30,9 +30,7 @@ COCO_PERSON = {"id": 1, "name": "person", "supercategory": "person"}
 def video_ground_truth(path: str | Path) -> COCO:
     """A `generate_video` ground-truth JSON -> pycocotools COCO with one image per frame."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ground truth not found: {path}")
-    gt = json.loads(path.read_text())
+    gt = read_json(path)
     images, annotations = [], []
     for frame, people in enumerate(gt["frames"]):
         images.append({"id": frame, "width": gt["width"], "height": gt["height"]})

@@ -96,6 +96,9 @@ def test_mismatched_or_missing_files_are_refused(gt, tmp_path):
         evaluate_video(SYNTHETIC_WALK_GT, tmp_path / "bad.jsonl")
     with pytest.raises(FileNotFoundError, match="poses not found"):
         evaluate_video(SYNTHETIC_WALK_GT, tmp_path / "none.jsonl")
+    (tmp_path / "cut.json").write_text(SYNTHETIC_WALK_GT.read_text()[:500])
+    with pytest.raises(ValueError, match=r"cut.json is not valid JSON"):
+        evaluate_video(tmp_path / "cut.json", tmp_path / "short.jsonl")
     with pytest.raises(SystemExit) as exit_info:
         main(["--gt", str(tmp_path / "none.json"), "--poses", str(tmp_path / "short.jsonl")])
     assert exit_info.value.code == 2
