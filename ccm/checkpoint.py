@@ -78,10 +78,15 @@ class PoseConfig:
     def build_model(self) -> nn.Module:
         return build_model(self.arch, self.num_keypoints, self.input_size)
 
-    def codec(self, method: str = "parabola", blur_kernel: int = 0) -> HeatmapCodec:
+    def codec(
+        self, method: str = "parabola", blur_kernel: int = 0, flip_alpha: float | None = None
+    ) -> HeatmapCodec:
+        """The codec that encodes this model's targets and decodes its heatmaps to image pixels;
+        `flip_alpha` None takes the model's own SSP alpha."""
         return HeatmapCodec(
-            self.input_size, self.heatmap_size, self.sigma, self.unbiased, method, blur_kernel
-        )
+            self.input_size, self.heatmap_size, self.sigma, self.unbiased, method, blur_kernel,
+            self.heatmap_mapping, self.flip_alpha if flip_alpha is None else flip_alpha,
+        )  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

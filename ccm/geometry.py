@@ -74,8 +74,10 @@ def grid_to_image_matrix(
         cos, sin = torch.cos(rad), torch.sin(rad)
     # Image y points down, so a counter-clockwise turn on screen is R(-theta) in these axes.
     a = torch.stack((cos * sx, sin * sy, -sin * sx, cos * sy), dim=-1).view(-1, 2, 2)
-    grid_center = center.new_tensor(((w - 1) / 2, (h - 1) / 2))
-    t = center - (a @ grid_center.expand_as(center).unsqueeze(-1)).squeeze(-1)
+    # t = centre - A @ grid centre, written per axis so no tensor is made from Python numbers.
+    gx, gy = (w - 1) / 2, (h - 1) / 2
+    a00, a01, a10, a11 = a[:, 0, 0], a[:, 0, 1], a[:, 1, 0], a[:, 1, 1]
+    t = torch.stack((center[:, 0] - a00 * gx - a01 * gy, center[:, 1] - a10 * gx - a11 * gy), -1)
     return torch.cat((a, t.unsqueeze(-1)), dim=-1)
 
 
@@ -94,15 +96,21 @@ def apply_affine(matrix: Tensor, points: Tensor) -> Tensor:
 def grid_to_image(points: Tensor, center: Tensor, scale: Tensor, size: tuple[int, int]) -> Tensor:
     """Points (N, K, 2) in a crop or heatmap grid of `size` (H, W) -> image pixels (N, K, 2)."""
     h, w = size
-    grid_size = points.new_tensor((w, h))
-    return center[:, None] + (points + 0.5 - grid_size / 2) * (scale[:, None] / grid_size)
+    axes = [
+        center[:, None, i] + (points[..., i] + 0.5 - n / 2) * (scale[:, None, i] / n)
+        for i, n in enumerate((w, h))
+    ]
+    return torch.stack(axes, dim=-1)
 
 
 def image_to_grid(points: Tensor, center: Tensor, scale: Tensor, size: tuple[int, int]) -> Tensor:
     """Image pixels (N, K, 2) -> points in a crop or heatmap grid of `size` (H, W) (N, K, 2)."""
     h, w = size
-    grid_size = points.new_tensor((w, h))
-    return (points - center[:, None]) * (grid_size / scale[:, None]) + grid_size / 2 - 0.5
+    axes = [
+        (points[..., i] - center[:, None, i]) * (n / scale[:, None, i]) + n / 2 - 0.5
+        for i, n in enumerate((w, h))
+    ]
+    return torch.stack(axes, dim=-1)
 
 
 def heatmap_to_crop(points: Tensor, stride: float) -> Tensor:
@@ -159,7 +167,7 @@ def to_pixel_center_heatmap(
 
 def warp_crops(
     images: Tensor,
-    batch_index: Tensor,
+    batch_index: Tensor | None,
     center: Tensor,
     scale: Tensor,
     size: tuple[int, int],
@@ -168,7 +176,8 @@ def warp_crops(
 ) -> Tensor:
     """Cut N regions out of a batch of images in one bilinear warp on the images' device.
 
-    images (B, C, H, W) float; batch_index (N,) which image each region comes from; centre and
+    images (B, C, H, W) float; batch_index (N,) which image each region comes from (None when B is
+    1: the one image is shared by every region without a copy); centre and
     scale (N, 2) in image pixels; size (H_out, W_out). Returns (N, C, H_out, W_out); pixels outside
     the image are 0. With `flip`, each crop is mirrored left-right (flip test), which is the same
     as sampling the mirrored region: crop pixel x <- W_out - 1 - x.
@@ -187,11 +196,12 @@ def warp_crops(
     pts = apply_affine(matrix, grid)
     # grid_sample with align_corners=False puts -1 and 1 on the outer pixel edges, which is
     # the same pixel-centre convention: x_norm = (2x + 1) / W - 1.
-    img_size = pts.new_tensor((w_img, h_img))
-    norm = (2 * pts + 1) / img_size - 1
+    norm = torch.stack([(2 * pts[..., i] + 1) / n - 1 for i, n in enumerate((w_img, h_img))], -1)
     # One frame (the streaming case) is shared by all crops without copying it per person.
     src = (
-        images.expand(center.shape[0], -1, -1, -1) if images.shape[0] == 1 else images[batch_index]
+        images.expand(center.shape[0], -1, -1, -1)
+        if batch_index is None or images.shape[0] == 1
+        else images[batch_index]
     )
     out = F.grid_sample(
         src, norm.view(-1, h_out, w_out, 2), mode="bilinear", padding_mode="zeros",

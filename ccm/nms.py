@@ -9,7 +9,8 @@ the same pixels squared. All functions are batched torch ops on the inputs' devi
 - `nms_similarity` is the symmetric pose-to-pose OKS that HRNet / MMPose `oks_nms` use.
 - `greedy_suppression` runs the greedy selection on a similarity matrix without host syncs.
 - `fuse_poses` is Eq. (20) on any weight matrix; the temporal stage reuses it across frames.
-- `oks_nms` and `soft_nms_fusion` compose them for one frame's poses.
+- `suppress_duplicates` is OKS-NMS or Soft-NMS fusion as masks, for many frames at once;
+  `oks_nms` and `soft_nms_fusion` give the same for one frame's poses, with the rest dropped.
 """
 
 from __future__ import annotations
@@ -187,6 +188,53 @@ def _check_nms_inputs(poses: Tensor, scores: Tensor, areas: Tensor) -> None:
     _check_vector("areas", areas, poses.shape[0])
 
 
+def suppress_duplicates(
+    poses: Tensor,
+    scores: Tensor,
+    areas: Tensor,
+    threshold: float = 0.9,
+    fuse: bool = True,
+    groups: Tensor | None = None,
+    valid: Tensor | None = None,
+    sigmas: Sequence[float] | Tensor = COCO_SIGMAS,
+    vis_thr: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """OKS-NMS, or Soft-NMS fusion (Sec. 5.2, Eq. (20)-(21)) with `fuse`, as masks: no pose is
+    dropped from the tensors, so the shapes stay fixed and nothing waits for the device.
+
+    poses (N, K, 3) x, y, score; scores (N,); areas (N,) pixels squared; groups (N,) int, the
+    frame of each pose (poses of different groups never suppress each other; None = one group);
+    valid (N,) bool, the poses taking part (None = all). A pose is suppressed when its
+    `nms_similarity` with a kept, higher-scored pose of its group exceeds `threshold`.
+
+    Returns poses (N, K, 3), where each kept pose p_i is, with `fuse`, the OKS-weighted mean of
+    the set Lambda_i it suppresses, itself included with weight 1 (Eq. 20), and every other pose
+    is unchanged; and keep (N,) bool, the valid poses that survive. Only x, y are fused: Eq. (21)
+    reads the fusion as a sub-pixel shift of the top-ranked pose, so its scores stay as they are.
+    """
+    _check_nms_inputs(poses, scores, areas)
+    n = poses.shape[0]
+    valid = torch.ones(n, dtype=torch.bool, device=poses.device) if valid is None else valid
+    similarity = nms_similarity(poses, areas, sigmas, vis_thr)
+    related = valid[:, None] & valid[None, :]
+    if groups is not None:
+        related = related & (groups[:, None] == groups[None, :])
+    similarity = torch.where(related, similarity, torch.zeros_like(similarity))
+    # Invalid poses rank last and, with no similarity to anyone, neither suppress nor are.
+    ranking = torch.where(valid, scores.to(similarity.dtype), -torch.inf)
+    owner = greedy_suppression(similarity, ranking, threshold)
+    index = torch.arange(n, device=poses.device)
+    keep = (owner == index) & valid
+    if not fuse:
+        return poses, keep
+    # Lambda_i: the poses whose owner is i, weighted by their OKS to i; 1 for i itself (Eq. 20).
+    members = owner[None, :] == index[:, None]  # (N, N)
+    weights = torch.where(members, similarity, torch.zeros_like(similarity))
+    weights = torch.where(index[:, None] == index[None, :], 1.0, weights)
+    xy = fuse_poses(poses[..., :2].to(weights.dtype), weights)
+    return torch.cat([xy.to(poses.dtype), poses[..., 2:]], dim=-1), keep
+
+
 def oks_nms(
     poses: Tensor,
     scores: Tensor,
@@ -200,13 +248,14 @@ def oks_nms(
     poses (N, K, 3) as x, y, score in one pixel space; scores (N,) instance scores; areas (N,)
     in pixels squared. A pose is dropped when its `nms_similarity` with a kept, higher-scored
     pose exceeds `threshold`. Returns keep (M,) int64 indices into the N poses, in descending
-    score order. Reading the kept count costs the one device->host sync.
+    score order. Reading the kept count costs one device->host sync (`suppress_duplicates`
+    gives the same answer as a mask, with none).
     """
-    _check_nms_inputs(poses, scores, areas)
-    similarity = nms_similarity(poses, areas, sigmas, vis_thr)
-    owner = greedy_suppression(similarity, scores, threshold)
+    _, keep = suppress_duplicates(
+        poses, scores, areas, threshold, False, None, None, sigmas, vis_thr
+    )
     order = torch.sort(scores, descending=True, stable=True).indices
-    return order[owner[order] == order]
+    return order[keep[order]]
 
 
 def soft_nms_fusion(
@@ -217,29 +266,18 @@ def soft_nms_fusion(
     sigmas: Sequence[float] | Tensor = COCO_SIGMAS,
     vis_thr: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Soft-NMS sub-pixel refinement, Sec. 5.2, Eq. (20)-(21).
+    """Soft-NMS sub-pixel refinement, Sec. 5.2, Eq. (20)-(21), as `suppress_duplicates` with
+    `fuse`, with the suppressed poses removed.
 
-    poses (N, K, 3) as x, y, score; scores (N,); areas (N,), as for `oks_nms`. The same poses
-    are kept; each kept pose p_i becomes the OKS-weighted mean of the set Lambda_i it
-    suppresses, itself included with weight 1 (Eq. 20).
-
-    Returns fused_poses (M, K, 3), fused_scores (M,), keep (M,) in descending score order.
-    Only x, y are fused: Eq. (21) reads the fusion as a sub-pixel shift of the top-ranked pose,
-    so its keypoint scores and instance score are kept as they are, and Soft-NMS differs from
-    `oks_nms` in locations alone.
+    poses (N, K, 3) as x, y, score; scores (N,); areas (N,), as for `oks_nms`. Returns
+    fused_poses (M, K, 3), fused_scores (M,), keep (M,) in descending score order.
     """
-    _check_nms_inputs(poses, scores, areas)
-    similarity = nms_similarity(poses, areas, sigmas, vis_thr)
-    owner = greedy_suppression(similarity, scores, threshold)
+    fused, kept = suppress_duplicates(
+        poses, scores, areas, threshold, True, None, None, sigmas, vis_thr
+    )
     order = torch.sort(scores, descending=True, stable=True).indices
-    keep = order[owner[order] == order]
-    # Lambda_i: the poses whose owner is i. Weight OKS_ij, and 1 for i itself (Eq. 20).
-    members = owner[None, :] == keep[:, None]  # (M, N)
-    weights = torch.where(members, similarity[keep], torch.zeros_like(similarity[keep]))
-    weights[torch.arange(keep.shape[0], device=keep.device), keep] = 1
-    xy = fuse_poses(poses[..., :2].to(weights.dtype), weights)
-    fused = torch.cat([xy.to(poses.dtype), poses[keep, :, 2:]], dim=-1)
-    return fused, scores[keep], keep
+    keep = order[kept[order]]
+    return fused[keep], scores[keep], keep
 
 
 def rescore(box_scores: Tensor, keypoint_scores: Tensor, threshold: float = 0.2) -> Tensor:

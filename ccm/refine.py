@@ -103,9 +103,15 @@ def decode_heatmaps(
     else:
         offset = _taylor_offset(at, x0, y0, w, h)
 
-    center = hm.new_tensor(((w - 1) / 2, (h - 1) / 2))
     xy = torch.stack((x0, y0), dim=-1).float() + offset
-    xy = torch.where(peaked.unsqueeze(-1), xy, center)
+    # A flat map sits at the map centre; per-axis Python scalars, so no tensor is made per call.
+    xy = torch.stack(
+        (
+            torch.where(peaked, xy[..., 0], (w - 1) / 2),
+            torch.where(peaked, xy[..., 1], (h - 1) / 2),
+        ),
+        dim=-1,
+    )
     scores = torch.where(peaked & (maxval > 0), maxval, 0.0)
     return xy, scores
 
@@ -175,8 +181,9 @@ def flip_back(flipped: Tensor, flip_perm: Sequence[int], alpha: float = 0.0) -> 
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"SSP alpha must be in [0, 1], got {alpha}")
-    perm = torch.as_tensor(flip_perm, device=flipped.device)
-    out = flipped.flip(-1).index_select(1, perm)
+    mirrored = flipped.flip(-1)
+    # Channel slices, not an index tensor: nothing is copied to the device per call.
+    out = torch.cat([mirrored[:, k : k + 1] for k in flip_perm], dim=1)
     if alpha:
         shifted = torch.cat((out[..., :1], out[..., :-1]), dim=-1)
         out = (1 - alpha) * out + alpha * shifted

@@ -15,7 +15,7 @@ import torch
 
 from ccm.checkpoint import load_checkpoint
 from realtime.detector import DetectorConfig, PersonDetector
-from realtime.engine import EngineConfig, PoseEngine
+from realtime.engine import EngineConfig, PoseEstimator
 from realtime.pipeline import PipelineConfig, PosePipeline
 from realtime.temporal import TemporalConfig, TemporalFusion
 from realtime.weights import select_detector_weights, select_pose_checkpoint
@@ -61,7 +61,8 @@ def default_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
 
 
 def build_pipeline(options: PipelineOptions) -> PosePipeline:
-    """Load the pose checkpoint and the detector, compile the engine, wire the stages."""
+    """Load the pose checkpoint and the detector, build (and warm up) the pose stage, wire the
+    stages."""
     device = resolve_device(options.device)
     pose_path = options.pose or default_pose_checkpoint()
     model, pose_config = load_checkpoint(pose_path)
@@ -71,10 +72,10 @@ def build_pipeline(options: PipelineOptions) -> PosePipeline:
     engine_config = dataclasses.replace(
         options.engine, device=device, half=options.engine.half and device != "cpu"
     )
-    engine = PoseEngine(model, pose_config, engine_config)
+    estimator = PoseEstimator(model, pose_config, engine_config)
     detector_weights = options.detector or default_detector_weights()
     detection = dataclasses.replace(options.detection, device=device, weights=str(detector_weights))
     detector = PersonDetector(detection)
     logger.info("person detector: %s", detection.weights)
     temporal = TemporalFusion(options.temporal) if options.temporal.method != "none" else None
-    return PosePipeline(detector, engine, temporal, options.pipeline)
+    return PosePipeline(detector, estimator, temporal, options.pipeline)

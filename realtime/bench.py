@@ -35,6 +35,7 @@ reference, or null. `OUT/bench.png` is a bar chart of the median ms per stage.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -61,10 +62,11 @@ from realtime.assemble import (
     resolve_device,
 )
 from realtime.batch import OutputWorker
-from realtime.detector import DetectorConfig, shipped_model_yaml
+from realtime.detector import Detections, DetectorConfig, shipped_model_yaml
 from realtime.offline import configure_offline
 from realtime.pipeline import STAGES, FrameResult, PosePipeline
 from realtime.render import render_frame
+from realtime.results import FramePoses
 from realtime.samples import SYNTHETIC_WALK
 from realtime.sinks import JsonlWriter, Mp4Writer
 from realtime.sources import Frame, open_source
@@ -157,63 +159,31 @@ def load_ground_truth_boxes(path: Path, width: int, height: int) -> list[Tensor]
 
 
 class PeopleOverride:
-    """Runs the detector (so its time is real) and replaces its boxes with a chosen set.
+    """The pipeline's `people` hook: replaces the detector's boxes with a chosen set (the detector
+    still runs, so its time is real).
 
-    With neither `fixed` nor `ground_truth` it passes the detections through. `clip_index()`
-    says which frame of the clip is being processed (ground truth is indexed by it). Boxes it
-    makes up get score 1, so the pipeline's rescoring keeps them.
+    With neither `fixed` nor `ground_truth` it passes the detections through. Ground truth is
+    indexed by the frame's place in the clip (`frame.index` modulo its length). Boxes it makes up
+    get score 1, so the pipeline's rescoring keeps them.
     """
 
-    def __init__(
-        self,
-        detector: Callable[[np.ndarray], tuple[Tensor, Tensor]],
-        fixed: int | None = None,
-        ground_truth: list[Tensor] | None = None,
-        clip_index: Callable[[], int] = lambda: 0,
-    ) -> None:
-        self.detector = detector
+    def __init__(self, fixed: int | None = None, ground_truth: list[Tensor] | None = None) -> None:
         self.fixed = fixed
         self.ground_truth = ground_truth
-        self.clip_index = clip_index
         self.detected: list[int] = []  # boxes the detector itself found, per call
 
-    def __call__(self, image: np.ndarray) -> tuple[Tensor, Tensor]:
-        boxes, scores = self.detector(image)
+    def __call__(self, frame: Frame, found: Detections) -> Detections:
+        boxes, scores = found
         self.detected.append(len(boxes))
         if self.ground_truth is not None:
-            index = self.clip_index()
-            if index >= len(self.ground_truth):
-                raise ValueError(
-                    f"ground truth has {len(self.ground_truth)} frames; the clip has more"
-                )
-            boxes = self.ground_truth[index]
-            return boxes, torch.ones(len(boxes))
+            boxes = self.ground_truth[frame.index % len(self.ground_truth)]
+            return Detections(boxes, torch.ones(len(boxes)))
         if self.fixed is not None:
             if len(boxes) >= self.fixed:  # detections come sorted by score, best first
-                return boxes[: self.fixed], scores[: self.fixed]
-            boxes = tiled_boxes(self.fixed, image.shape[0], image.shape[1])
-            return boxes, torch.ones(self.fixed)
-        return boxes, scores
-
-
-class _CountingEngine:
-    """A PoseEngine that remembers how many people each frame's pose stage ran on."""
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.device = engine.device
-        self.counts: list[int] = []
-
-    def crop(self, frame: Tensor, boxes: Tensor):
-        batch = self.engine.crop(frame, boxes)
-        self.counts.append(batch.count)
-        return batch
-
-    def infer(self, batch):
-        return self.engine.infer(batch)
-
-    def refine(self, batch) -> Tensor:
-        return self.engine.refine(batch)
+                return Detections(boxes[: self.fixed], scores[: self.fixed])
+            boxes = tiled_boxes(self.fixed, frame.image.shape[0], frame.image.shape[1])
+            return Detections(boxes, torch.ones(self.fixed))
+        return found
 
 
 # ----------------------------------------------------------------------------- frames
@@ -224,7 +194,7 @@ class ClipLoop:
 
     `threaded` reads through `open_source` (a reader thread decoding ahead, as `app.py video`);
     otherwise frames are decoded on the calling thread when asked for. Frame index and pts keep
-    counting across passes; `clip_index` is the last handed-out frame's index within the clip.
+    counting across passes.
     """
 
     def __init__(self, path: Path, threaded: bool) -> None:
@@ -235,7 +205,6 @@ class ClipLoop:
         self.info = probe.info
         probe.close()
         self.threaded = threaded
-        self.clip_index = -1
         self.passes = 0
         self._frames = self._generate()
 
@@ -252,12 +221,11 @@ class ClipLoop:
         index = 0
         while True:
             self.passes += 1
-            count = 0
-            for count, image in enumerate(self._decode(), start=1):
-                self.clip_index = count - 1
+            first = index
+            for image in self._decode():
                 yield Frame(index, index / self.info.fps, image, time.monotonic())
                 index += 1
-            if count == 0:
+            if index == first:
                 raise ValueError(f"{self.path}: no frame could be decoded")
 
     def _decode(self) -> Iterator[np.ndarray]:
@@ -282,32 +250,38 @@ class _Record:
     """One timed frame: stage ms (render/encode may be filled in later by the worker)."""
 
     timings: dict[str, float]
+    batch: int
     latency_ms: float
     loop_ms: float
     people: int
     poses: int
 
 
-def _throughput(
-    pipeline: PosePipeline,
-    frames: ClipLoop,
-    engine: _CountingEngine,
-    config: BenchConfig,
-    tmp: Path,
-) -> tuple[list[_Record], float]:
-    """Batch processing with render + encode on a worker thread; returns records and seconds."""
+Runner = Callable[[Iterator[Frame]], Iterator[FrameResult]]
+
+
+def _throughput(run: Runner, frames: ClipLoop, config: BenchConfig, tmp: Path):
+    """Batch processing with render + encode on a worker thread; returns records and seconds.
+
+    `run` turns frames into results (the pipeline's `stream`, or the reference's). A micro-batch
+    of B frames shares its stage times: each frame is charged 1/B of them."""
     records: list[_Record] = []
 
     def feed(count: int, keep: bool) -> None:
         worker = OutputWorker(video, jsonl, render_frame)
+        pending: list[FrameResult] = []
         try:
             last = time.perf_counter()
-            for result in pipeline.stream(islice(frames, count)):
+            for result in run(islice(frames, count)):
                 worker.put(result)
+                pending.append(result)
+                if len(pending) < result.batch:
+                    continue
                 now = time.perf_counter()
                 if keep:
-                    records.append(_record(result, (now - last) * 1000, engine))
-                last = now
+                    loop_ms = (now - last) * 1000 / len(pending)
+                    records.extend(_record(r, loop_ms) for r in pending)
+                pending, last = [], now
         finally:
             worker.close()
 
@@ -323,13 +297,7 @@ def _throughput(
     return records, time.perf_counter() - start
 
 
-def _latency(
-    pipeline: PosePipeline,
-    frames: ClipLoop,
-    engine: _CountingEngine,
-    config: BenchConfig,
-    tmp: Path,
-) -> tuple[list[_Record], float]:
+def _latency(run: Runner, frames: ClipLoop, config: BenchConfig, tmp: Path):
     """One frame at a time: decode, poses, render, encode, then the next frame."""
     records: list[_Record] = []
     with (
@@ -345,7 +313,7 @@ def _latency(
             t0 = time.perf_counter()
             frame = next(frames)
             t1 = time.perf_counter()
-            result = pipeline(frame)
+            (result,) = run(iter([frame]))
             t2 = time.perf_counter()
             image = render_frame(frame.image, result.poses, fps, result.latency_ms)
             t3 = time.perf_counter()
@@ -354,17 +322,24 @@ def _latency(
             t4 = time.perf_counter()
             fps = 1.0 / max(t4 - t0, 1e-9)
             result.timings = {
-                "decode": (t1 - t0) * 1000, **result.timings,
+                **result.timings, "decode": (t1 - t0) * 1000,
                 "render": (t3 - t2) * 1000, "encode": (t4 - t3) * 1000,
             }  # fmt: skip
             if i >= config.warmup:
-                records.append(_record(result, (t4 - t0) * 1000, engine))
+                records.append(_record(result, (t4 - t0) * 1000))
     return records, time.perf_counter() - start
 
 
-def _record(result: FrameResult, loop_ms: float, engine: _CountingEngine) -> _Record:
-    # The worker adds render/encode to this same dict later; keep the dict, not the frame.
-    return _Record(result.timings, result.latency_ms, loop_ms, engine.counts[-1], len(result.poses))
+def _record(result: FrameResult, loop_ms: float) -> _Record:
+    # The worker adds render/encode (per frame) to this same dict later; keep the dict. The other
+    # stages ran once for the frame's micro-batch.
+    return _Record(result.timings, result.batch, result.latency_ms, loop_ms, result.people,
+                   len(result.poses))  # fmt: skip
+
+
+def _stage_ms(record: _Record, stage: str) -> float:
+    per_frame = stage in ("render", "encode")
+    return record.timings.get(stage, 0.0) / (1 if per_frame else record.batch)
 
 
 def summarize(values_ms: list[float]) -> dict[str, float]:
@@ -393,65 +368,52 @@ def check_reference_weights(weights: str | Path) -> str:
     return name
 
 
-def time_reference(
-    weights: str | Path,
-    frames: ClipLoop,
-    warmup: int,
-    count: int,
-    device: torch.device,
-    detection: DetectorConfig,
-) -> dict[str, Any]:
-    """Time ultralytics' YOLO-pose predictor, one `predict` call per frame, on `frames`.
+class YoloPoseReference:
+    """ultralytics' YOLO-pose predictor doing our job: one `predict` per frame, its keypoints as a
+    `FramePoses` (so the same worker draws the skeletons and encodes the mp4 and JSON Lines).
 
-    It gets the detector's input size, thresholds and precision. Its loop is decode (the way
-    `frames` decodes) + predict; nothing is rendered or encoded.
+    It gets the detector's input size, thresholds and precision. Stage times are ultralytics' own
+    speed dict (preprocess, inference, postprocess), in ms.
     """
-    configure_offline()  # before ultralytics is imported
-    from ultralytics import YOLO
-    from ultralytics.cfg import DEFAULT_CFG_DICT
 
-    name = check_reference_weights(weights)
-    model = YOLO(name)
-    if model.task != "pose":
-        raise ValueError(f"reference weights {name!r} are a {model.task!r} model, not 'pose'")
-    half = detection.half and device.type == "cuda"
-    # ultralytics 8.4 replaced `half` with `quantize`.
-    precision = (
-        {"quantize": 16 if half else None} if "quantize" in DEFAULT_CFG_DICT else {"half": half}
-    )
-    args = dict(
-        imgsz=detection.imgsz, conf=detection.conf, iou=detection.iou, max_det=detection.max_det,
-        device=str(device), verbose=False, save=False, **precision,
-    )  # fmt: skip
-    latency, loop, people = [], [], []
-    speed: dict[str, list[float]] = {k: [] for k in REFERENCE_SPEED}
-    start = time.perf_counter()
-    for i in range(warmup + count):
-        if i == warmup:
-            start = time.perf_counter()
-        t0 = time.perf_counter()
-        bgr = cv2.cvtColor(next(frames).image, cv2.COLOR_RGB2BGR)  # ultralytics reads BGR
-        t1 = time.perf_counter()
-        result = model.predict(bgr, **args)[0]
-        t2 = time.perf_counter()
-        if i >= warmup:
-            latency.append((t2 - t1) * 1000)
-            loop.append((t2 - t0) * 1000)
-            people.append(len(result.boxes))
-            for k in REFERENCE_SPEED:
-                speed[k].append(float(result.speed[k]))
-    seconds = time.perf_counter() - start
-    return {
-        "weights": name,
-        "random_weights": Path(name).suffix in (".yaml", ".yml"),
-        "frames": count,
-        "total_s": seconds,
-        "fps": count / seconds,
-        "latency_ms": summarize(latency),
-        "loop_ms": summarize(loop),
-        "speed_ms": {k: summarize(v) for k, v in speed.items()},
-        "people_per_frame": float(np.mean(people)),
-    }
+    def __init__(
+        self, weights: str | Path, device: torch.device, detection: DetectorConfig
+    ) -> None:
+        configure_offline()  # before ultralytics is imported
+        from ultralytics import YOLO
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+
+        name = check_reference_weights(weights)
+        self.weights = name
+        self.model = YOLO(name)
+        if self.model.task != "pose":
+            raise ValueError(
+                f"reference weights {name!r} are a {self.model.task!r} model, not 'pose'"
+            )
+        half = detection.half and device.type == "cuda"
+        # ultralytics 8.4 replaced `half` with `quantize`.
+        precision = (
+            {"quantize": 16 if half else None} if "quantize" in DEFAULT_CFG_DICT else {"half": half}
+        )
+        self.args = dict(
+            imgsz=detection.imgsz, conf=detection.conf, iou=detection.iou,
+            max_det=detection.max_det, device=str(device), verbose=False, save=False, **precision,
+        )  # fmt: skip
+
+    def stream(self, frames: Iterator[Frame]) -> Iterator[FrameResult]:
+        for frame in frames:
+            threads = torch.get_num_threads()
+            bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)  # ultralytics reads BGR
+            result = self.model.predict(bgr, **self.args)[0]
+            torch.set_num_threads(threads)  # its first CPU call sets cpu_count - 1 threads
+            n = len(result.boxes)
+            keypoints = result.keypoints.data.float().cpu() if n else torch.zeros(0, 17, 3)
+            poses = FramePoses(
+                frame.index, frame.pts, result.boxes.xyxy.float().cpu(),
+                result.boxes.conf.float().cpu(), keypoints, torch.full((n,), -1),
+            )  # fmt: skip
+            timings = {k: float(result.speed[k]) for k in REFERENCE_SPEED}
+            yield FrameResult(frame, poses, timings, batch=1, people=n)
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -486,19 +448,17 @@ def run_benchmark(
         check_reference_weights(config.reference_weights)  # before minutes of timing, not after
     config.out.mkdir(parents=True, exist_ok=True)
     base = pipeline or build_pipeline(options)
-    people = PeopleOverride(
-        base.detector, config.fixed_people, ground_truth, lambda: frames.clip_index
-    )
-    engine = _CountingEngine(base.engine)
+    people = PeopleOverride(config.fixed_people, ground_truth)
     stage_config = dataclasses.replace(
         base.config, sync_timing=latency_mode or base.config.sync_timing
     )
-    bench = PosePipeline(people, engine, base.temporal, stage_config)
+    bench = PosePipeline(base.detector, base.estimator, base.temporal, stage_config)
     bench.reset()
     run = _latency if latency_mode else _throughput
     try:
         with tempfile.TemporaryDirectory(prefix="ccm-bench-") as tmp:
-            records, seconds = run(bench, frames, engine, config, Path(tmp))
+            runner = functools.partial(bench.stream, people=people)
+            records, seconds = run(runner, frames, config, Path(tmp))
     finally:
         frames.close()
     report = _report(options, config, base, device, frames, records, seconds, people)
@@ -509,14 +469,14 @@ def run_benchmark(
     report["config"]["pipeline"]["pipeline"]["sync_timing"] = stage_config.sync_timing
     if config.reference:
         logger.info("timing the reference %s", config.reference_weights)
+        reference = YoloPoseReference(config.reference_weights, device, base.detector.config)
         ref_frames = ClipLoop(config.source, threaded=not latency_mode)
         try:
-            report["reference"] = time_reference(
-                config.reference_weights, ref_frames, config.warmup, config.frames, device,
-                base.detector.config,  # the detector's input size, as resolved
-            )  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="ccm-bench-ref-") as tmp:
+                ref_records, ref_seconds = run(reference.stream, ref_frames, config, Path(tmp))
         finally:
             ref_frames.close()
+        report["reference"] = _reference_report(reference, ref_records, ref_seconds)
         report["fps_ratio"] = report["fps"] / report["reference"]["fps"]
     (config.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_stages(report, config.out / "bench.png")
@@ -535,7 +495,7 @@ def _report(
     seconds: float,
     people: PeopleOverride,
 ) -> dict[str, Any]:
-    stages = {s: summarize([r.timings.get(s, 0.0) for r in records]) for s in STAGES}
+    stages = {s: summarize([_stage_ms(r, s) for r in records]) for s in STAGES}
     if config.people_from_gt is not None:
         chosen = {"source": "ground-truth", "ground_truth": str(config.people_from_gt)}
     elif config.fixed_people is not None:
@@ -543,7 +503,7 @@ def _report(
     else:
         chosen = {"source": "detector"}
     counts = [r.people for r in records]
-    pose = pipeline.engine.pose
+    pose = pipeline.estimator.pose
     info = frames.info
     return {
         "device": _device_info(device),
@@ -582,6 +542,23 @@ def _report(
         },
         "reference": None,
         "fps_ratio": None,
+    }
+
+
+def _reference_report(
+    reference: YoloPoseReference, records: list[_Record], seconds: float
+) -> dict[str, Any]:
+    stages = (*REFERENCE_SPEED, "decode", "render", "encode")
+    return {
+        "weights": reference.weights,
+        "random_weights": Path(reference.weights).suffix in (".yaml", ".yml"),
+        "frames": len(records),
+        "total_s": seconds,
+        "fps": len(records) / seconds,
+        "latency_ms": summarize([r.latency_ms for r in records]),
+        "loop_ms": summarize([r.loop_ms for r in records]),
+        "stages": {s: summarize([_stage_ms(r, s) for r in records]) for s in stages},
+        "people_per_frame": float(np.mean([r.people for r in records])),
     }
 
 
@@ -662,11 +639,13 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     ref = report.get("reference")
     if ref:
-        speed = ", ".join(f"{k} {v['median_ms']:.1f}" for k, v in ref["speed_ms"].items())
+        lines.append(f"{'reference':<12}{'median ms':>11}{'p95 ms':>10}")
+        for stage, v in ref["stages"].items():
+            lines.append(f"{stage:<12}{v['median_ms']:>11.2f}{v['p95_ms']:>10.2f}")
         lines += [
             f"reference {ref['weights']}{' (random weights)' if ref['random_weights'] else ''}: "
             f"{ref['fps']:.2f} fps; latency p50 {ref['latency_ms']['median_ms']:.1f} ms, "
-            f"p95 {ref['latency_ms']['p95_ms']:.1f} ms; speed ms {speed}; "
+            f"p95 {ref['latency_ms']['p95_ms']:.1f} ms; "
             f"{ref['people_per_frame']:.2f} people/frame",
             f"ours / reference fps: {report['fps_ratio']:.2f}",
         ]
@@ -686,7 +665,7 @@ def plot_stages(report: dict[str, Any], path: Path) -> None:
     colors = ["tab:blue"] * len(labels)
     ref = report.get("reference")
     if ref:
-        for k, v in ref["speed_ms"].items():
+        for k, v in ref["stages"].items():
             labels.append(f"ref {k}")
             medians.append(v["median_ms"])
             p95.append(v["p95_ms"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import platform
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,22 +121,29 @@ def _missing_weights_message(weights: str | Path) -> str:
 
 
 class PersonDetector:
-    """Ultralytics YOLO, class 0 only, on one device. Call it with an RGB frame.
+    """Ultralytics YOLO, class 0 only, on one device, fed device tensors.
 
-    The first call sets up ultralytics' predictor (fuse, warm-up), so it is slower than the rest.
+    `detect(images)` takes frames already on the device (the pipeline's one upload) and runs
+    ultralytics' own steps there: its letterbox (rectangular, to the stride), its network (fused,
+    fp16 on CUDA when asked), its NMS and its box rescaling, so the boxes are those its predictor
+    gives for the same frames. On the CPU the resize is OpenCV's, as in ultralytics' predictor;
+    on a GPU it is a bilinear resize on the device. Calling the detector with an (H, W, 3) uint8
+    RGB array uploads it and detects.
     """
 
     def __init__(self, config: DetectorConfig) -> None:
         configure_offline()  # before ultralytics is imported
         from ultralytics import YOLO
-        from ultralytics.cfg import DEFAULT_CFG_DICT
 
         self.config = config
         self.device = resolve_device(config.device)
         weights = str(config.weights)
         if "://" in weights or not (Path(weights).exists() or shipped_model_yaml(weights)):
             raise FileNotFoundError(_missing_weights_message(config.weights))
-        self.model = YOLO(weights)
+        try:
+            self.model = YOLO(weights)
+        except Exception as err:  # ultralytics raises many kinds for a broken file
+            raise ValueError(f"detector weights {weights!r} could not be loaded: {err}") from err
         if self.model.task not in _BOX_TASKS:
             raise ValueError(
                 f"detector weights {weights!r} are a {self.model.task!r} model; "
@@ -144,62 +152,138 @@ class PersonDetector:
         first = str(self.model.names.get(PERSON_CLASS, ""))
         if first != "person" and not first.isdigit():
             log.warning("class 0 of %s is %r, not 'person'; detecting it as person", weights, first)
-
         if config.imgsz is None:
             self.config = dataclasses.replace(config, imgsz=trained_size(self.model.overrides))
             log.info("detector input size %d (as trained)", self.config.imgsz)
-        self._predict_args = _predict_args(self.config, self.device, "quantize" in DEFAULT_CFG_DICT)
+        self.half = config.half and self.device.type == "cuda"
+        self.stride = max(int(self.model.model.stride.max()), 32)
+        self._classes = len(self.model.names)
+        self._network: torch.nn.Module | None = None
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The YOLO network ready to run, prepared on first use as ultralytics' predictor does:
+        batch norm fused into the convolutions, on the device, fp16 on CUDA when asked, and
+        channels-last weights on x86 CPUs with oneDNN (its AutoBackend's choice)."""
+        if self._network is None:
+            network = self.model.model
+            network.fuse(verbose=False)
+            dtype = torch.float16 if self.half else torch.float32
+            network = network.eval().to(self.device, dtype)
+            if _channels_last_cpu(self.device):
+                network.to(memory_format=torch.channels_last)
+            self._network = network
+        return self._network
 
     def with_thresholds(
         self, conf: float | None = None, iou: float | None = None, max_det: int | None = None
     ) -> PersonDetector:
-        """A detector with other thresholds that shares this one's loaded network (no reload).
-
-        Both run on the same ultralytics model object: call them from one thread.
-        """
+        """A detector with other thresholds that shares this one's loaded network (no reload)."""
         changes = {"conf": conf, "iou": iou, "max_det": max_det}
         changes = {k: v for k, v in changes.items() if v is not None}
-        config = dataclasses.replace(self.config, **changes)  # validates the new values
         other = copy.copy(self)
-        other.config = config
-        other._predict_args = {**self._predict_args, **_threshold_args(config)}
+        other.config = dataclasses.replace(self.config, **changes)  # validates the new values
         return other
 
     def __call__(self, frame: np.ndarray) -> Detections:
-        """Detect people in one frame.
-
-        Args:
-            frame: (H, W, 3) uint8 RGB, in image pixels.
-
-        Returns:
-            `Detections` in image pixels of `frame`, on `self.device`.
-        """
+        """Detect people in one (H, W, 3) uint8 RGB frame; `Detections` on `self.device`."""
         return self.detect_batch([frame])[0]
 
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        """Detect people in several frames in one forward pass.
+        """Detect people in several (H, W, 3) uint8 RGB frames (sizes may differ)."""
+        checked = [_check_frame(f, i) for i, f in enumerate(frames)]
+        if len({f.shape for f in checked}) == 1:  # one size: one forward pass
+            images = torch.from_numpy(np.stack(checked)).to(self.device).permute(0, 3, 1, 2)
+            return self.detect(images)
+        return [self.detect_batch([f])[0] for f in checked]
+
+    @torch.inference_mode()
+    def detect(self, images: torch.Tensor) -> list[Detections]:
+        """Detect people in a batch of frames of one size, in one forward pass.
 
         Args:
-            frames: each (H, W, 3) uint8 RGB; sizes may differ.
+            images: (B, 3, H, W) RGB, uint8 (or float in [0, 255]), on `self.device`.
 
         Returns:
             One `Detections` per frame, in that frame's image pixels, on `self.device`.
         """
-        if len(frames) == 0:
+        if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape:
+            raise ValueError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
+        if len(images) == 0:
             return []
-        # ultralytics reads numpy input as BGR. cvtColor makes the one copy (~0.5 ms at 1080p); a
-        # reversed-channel view would instead be copied inside ultralytics' resize, ~4x slower.
-        bgr = [cv2.cvtColor(_check_frame(f, i), cv2.COLOR_RGB2BGR) for i, f in enumerate(frames)]
-        threads = torch.get_num_threads()
-        results = self.model.predict(bgr, **self._predict_args)
-        # ultralytics sets torch to cpu_count - 1 threads on its first CPU call, which would
-        # slow the pose network running next to it; keep the process's own setting.
-        torch.set_num_threads(threads)
+        batch = self._letterbox(images)
+        prediction = self.network(batch)
+        kept = self._nms(prediction)
+        height, width = images.shape[-2:]
         out = []
-        for r in results:
-            data = r.boxes.data  # (N, 6): x1, y1, x2, y2, conf, class; already on the device
-            out.append(Detections(boxes=data[:, :4].float(), scores=data[:, 4].float()))
+        for det in kept:
+            boxes = scale_boxes(batch.shape[2:], det[:, :4].float(), (height, width))
+            out.append(Detections(boxes=boxes, scores=det[:, 4].float()))
         return out
+
+    def _letterbox(self, images: torch.Tensor) -> torch.Tensor:
+        """ultralytics' LetterBox(auto=True): resize to fit imgsz, pad to the stride with 114,
+        centred; returns the network input (B, 3, h, w) in [0, 1]."""
+        height, width = images.shape[-2:]
+        size = self.config.imgsz
+        r = min(size / height, size / width)
+        new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
+        dw, dh = ((size - new_w) % self.stride) / 2, ((size - new_h) % self.stride) / 2
+        top, bottom = round(dh - 0.1), round(dh + 0.1)
+        left, right = round(dw - 0.1), round(dw + 0.1)
+        if (new_h, new_w) != (height, width):
+            images = _resize(images, new_h, new_w)
+        dtype = torch.float16 if self.half else torch.float32
+        batch = torch.nn.functional.pad(
+            images.to(dtype), (left, right, top, bottom), value=LETTERBOX_FILL
+        )
+        return (batch / 255).contiguous()  # NCHW, as ultralytics feeds its network
+
+    def _nms(self, prediction) -> list[torch.Tensor]:
+        try:
+            from ultralytics.utils.nms import non_max_suppression
+        except ImportError:  # ultralytics before 8.3.160 keeps it in ops
+            from ultralytics.utils.ops import non_max_suppression
+
+        c = self.config
+        return non_max_suppression(
+            prediction, c.conf, c.iou, classes=[PERSON_CLASS], max_det=c.max_det,
+            nc=0 if self.model.task == "detect" else self._classes,
+            end2end=getattr(self.network, "end2end", False),
+        )  # fmt: skip
+
+
+LETTERBOX_FILL = 114.0  # ultralytics' grey padding
+
+
+def _channels_last_cpu(device: torch.device) -> bool:
+    return (
+        device.type == "cpu"
+        and platform.machine() in {"AMD64", "x86_64"}
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of (B, 3, H, W) uint8 frames, rounded to uint8 as OpenCV's is."""
+    if images.device.type == "cpu" and images.dtype == torch.uint8:
+        # On the CPU, OpenCV's resize itself, so the input is the one ultralytics builds.
+        hwc = images.permute(0, 2, 3, 1).numpy()
+        resized = [cv2.resize(np.ascontiguousarray(f), (width, height)) for f in hwc]
+        return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2)
+    out = torch.nn.functional.interpolate(
+        images.float(), size=(height, width), mode="bilinear", align_corners=False
+    )
+    return out.round_().clamp_(0, 255)
+
+
+def scale_boxes(shape: Sequence[int], boxes: torch.Tensor, original: Sequence[int]) -> torch.Tensor:
+    """Boxes (N, 4) x1, y1, x2, y2 in letterboxed pixels of `shape` (h, w) -> pixels of the
+    `original` (H, W) frame, clipped to it; ultralytics' own `scale_boxes`."""
+    from ultralytics.utils.ops import scale_boxes as ultralytics_scale_boxes
+
+    return ultralytics_scale_boxes(tuple(shape), boxes.clone(), tuple(original))
 
 
 def trained_size(overrides: dict[str, Any], default: int = 640) -> int:
@@ -208,28 +292,6 @@ def trained_size(overrides: dict[str, Any], default: int = 640) -> int:
     size = overrides.get("imgsz", default)
     size = max(size) if isinstance(size, list | tuple) else int(size)
     return -(-size // 32) * 32
-
-
-def _threshold_args(config: DetectorConfig) -> dict[str, Any]:
-    return {"conf": config.conf, "iou": config.iou, "max_det": config.max_det}
-
-
-def _predict_args(
-    config: DetectorConfig, device: torch.device, has_quantize: bool
-) -> dict[str, Any]:
-    """Keyword arguments of ultralytics' `predict` for `config` on `device`."""
-    half = config.half and device.type == "cuda"
-    # ultralytics 8.4 replaced `half` with `quantize`; older releases only know `half`.
-    precision = {"quantize": 16 if half else None} if has_quantize else {"half": half}
-    return {
-        "classes": [PERSON_CLASS],
-        "imgsz": config.imgsz,
-        "device": str(device),
-        "verbose": False,
-        "save": False,
-        **_threshold_args(config),
-        **precision,
-    }
 
 
 def _check_frame(frame: np.ndarray, index: int) -> np.ndarray:

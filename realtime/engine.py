@@ -1,16 +1,28 @@
-"""The pose stage on the device: batched crops -> network -> flip fusion and sub-pixel decoding.
+"""The pose stage: person boxes on device frames -> keypoints in image pixels, in one call.
 
-Three backends run the network: `eager`, `compile` (torch.compile; CUDA graphs on GPU) and
-`tensorrt` (torch-tensorrt, fp16, one engine with a dynamic batch profile, cached on disk). The
-person count is padded up to a fixed bucket so a compiled graph never sees a new shape, and the
-flip-test crops ride in the same batch as the originals. Refinement (Eq. (22) flip fusion, GF,
-SOA/DARK, crop -> image mapping) is compiled alongside, so a frame's pose work is two graph calls.
+    estimator = PoseEstimator(model, pose_config, EngineConfig(backend="compile", device="cuda"))
+    keypoints = estimator(images, boxes, batch_index)   # (N, K, 3) x, y, score in image pixels
+
+`PoseEstimator` owns everything between the detector and the poses: batched crops (and their
+mirror images for the flip test, in the same batch), the network on one of three backends, and
+the one `ccm.codec.HeatmapCodec` chain from heatmaps to image keypoints. The backends are `eager`,
+`compile` (torch.compile; CUDA graphs on GPU) and `tensorrt` (torch-tensorrt, one engine with a
+dynamic batch profile, cached on disk). People are run in chunks of at most the largest bucket,
+each padded up to a fixed bucket, so a compiled graph never meets a new shape; compiled backends
+warm every bucket up when they are built, so nothing compiles mid-stream.
+
+Crop geometry is float32 whatever the network's precision: the sampling grid is built and the
+frame sampled in float32, and only the normalised crops are cast (fp16 centres would put crops
+0.5-1 px off at 1080p).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import itertools
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +30,16 @@ import torch
 from torch import Tensor, nn
 
 from ccm.checkpoint import PoseConfig
-from ccm.geometry import box_to_center_scale, grid_to_image, to_pixel_center_heatmap, warp_crops
-from ccm.refine import DECODE_METHODS, decode_heatmaps, fuse_flip
-from ccm.skeleton import flip_permutation
+from ccm.geometry import box_to_center_scale, warp_crops
+from ccm.refine import DECODE_METHODS
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("eager", "compile", "tensorrt")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Lap = Callable[[str], None]  # a stage timer's `lap(stage)`
 
 
 @dataclass(frozen=True)
@@ -52,135 +65,221 @@ class EngineConfig:
             raise ValueError("fp16 needs a CUDA device")
         if self.backend == "tensorrt" and not str(self.device).startswith("cuda"):
             raise ValueError("the tensorrt backend needs a CUDA device")
-        if not self.batch_buckets or list(self.batch_buckets) != sorted(set(self.batch_buckets)):
-            raise ValueError(f"batch buckets must be increasing, got {self.batch_buckets}")
+        buckets = list(self.batch_buckets)
+        if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
+            raise ValueError(f"batch buckets must be increasing and >= 1, got {self.batch_buckets}")
 
 
-@dataclass
-class PoseBatch:
-    """One frame's pose-stage state. Tensors are padded to `bucket` people; `count` are real."""
+class _Decoder(nn.Module):
+    """The codec chain as a module, so the compiled backends trace it as one graph."""
 
-    count: int
-    bucket: int
-    center: Tensor  # (B, 2) image pixels
-    scale: Tensor  # (B, 2) image pixels
-    crops: Tensor | None = None  # (B or 2B, 3, H, W) normalised
-    heatmaps: Tensor | None = None  # (B or 2B, K, h, w)
+    def __init__(self, codec, flip_test: bool) -> None:
+        super().__init__()
+        self.codec = codec
+        self.flip_test = flip_test
+
+    def forward(self, heatmaps: Tensor, center: Tensor, scale: Tensor) -> Tensor:
+        flipped = None
+        if self.flip_test:
+            half = heatmaps.shape[0] // 2
+            heatmaps, flipped = heatmaps[:half], heatmaps[half:]
+        return self.codec.to_image(heatmaps, center, scale, flipped)
 
 
-class PoseEngine:
-    """Frame + person boxes -> keypoints (N, K, 3) x, y, score in image pixels, on the device."""
+class PoseEstimator:
+    """Frames + person boxes -> keypoints (N, K, 3) x, y, score in image pixels, on the device.
 
-    def __init__(self, model: nn.Module, pose: PoseConfig, config: EngineConfig) -> None:
+    `model` is the plain network; the estimator keeps it (`.model`) and runs a copy moved to the
+    device and precision. `progress(done, total)` hears about the warm-up of compiled backends.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        pose: PoseConfig,
+        config: EngineConfig,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.pose = pose
         self.config = config
+        self.model = model
         self.device = torch.device(config.device)
         self.dtype = torch.float16 if config.half else torch.float32
-        self.flip_alpha = pose.flip_alpha if config.flip_alpha is None else config.flip_alpha
-        self.flip_perm = flip_permutation(pose.num_keypoints)
-        model = model.eval().to(self.device, self.dtype)
-        self._mean = (
-            (torch.tensor(IMAGENET_MEAN, device=self.device) * 255).view(1, 3, 1, 1).to(self.dtype)
-        )
-        self._std = (
-            (torch.tensor(IMAGENET_STD, device=self.device) * 255).view(1, 3, 1, 1).to(self.dtype)
-        )
-        self.network = self._build_network(model)
-        self._refine = self._refine_eager
-        if config.backend != "eager":
-            self._refine = torch.compile(self._refine_eager, dynamic=False)
-
-    def _build_network(self, model: nn.Module):
-        backend = self.config.backend
-        if backend == "eager":
-            return model
-        if backend == "compile":
-            # CUDA graphs remove per-kernel launch overhead; buckets keep the shapes static.
-            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-            return torch.compile(model, mode=mode, dynamic=False)
-        return _tensorrt_module(model, self.pose, self.config, self.crops_per_person)
+        self.codec = pose.codec(config.decoder, config.blur_kernel, config.flip_alpha)
+        shape = (1, 3, 1, 1)
+        self._mean = (torch.tensor(IMAGENET_MEAN) * 255).view(shape).to(self.device)
+        self._std = (torch.tensor(IMAGENET_STD) * 255).view(shape).to(self.device)
+        network = _device_copy(model, self.device, self.dtype)
+        decoder = _Decoder(self.codec, config.flip_test)
+        if config.backend == "eager":
+            self._network, self._decode = network, decoder
+        else:
+            _allow_recompiles(len(config.batch_buckets))
+            self._network = self._compiled_network(network)
+            self._decode = torch.compile(decoder, dynamic=False)
+            self.warm_up(progress)
 
     @property
     def crops_per_person(self) -> int:
         return 2 if self.config.flip_test else 1
 
+    @property
+    def largest_bucket(self) -> int:
+        return self.config.batch_buckets[-1]
+
     def bucket_for(self, count: int) -> int:
-        """Smallest bucket that holds `count` people (eager runs exactly `count`)."""
+        """People a chunk of `count` is padded to (eager runs exactly `count`)."""
         if self.config.backend == "eager":
             return count
-        return next(
-            (b for b in self.config.batch_buckets if b >= count), self.config.batch_buckets[-1]
-        )
+        return next(b for b in self.config.batch_buckets if b >= count)
 
     @torch.inference_mode()
-    def __call__(self, frame: Tensor, boxes: Tensor) -> Tensor:
-        """frame (1, 3, H, W) RGB, uint8 or float in [0, 255]; boxes (N, 4) x1, y1, x2, y2."""
-        results = []
-        largest = (
-            self.config.batch_buckets[-1] if self.config.backend != "eager" else max(len(boxes), 1)
-        )
-        for start in range(0, max(len(boxes), 1), largest):
-            batch = self.crop(frame, boxes[start : start + largest])
-            self.infer(batch)
-            results.append(self.refine(batch))
-        return torch.cat(results) if len(results) > 1 else results[0]
+    def __call__(
+        self,
+        images: Tensor,
+        boxes: Tensor,
+        counts: Sequence[int] | None = None,
+        lap: Lap | None = None,
+    ) -> Tensor:
+        """Pose every box.
 
-    @torch.inference_mode()
-    def crop(self, frame: Tensor, boxes: Tensor) -> PoseBatch:
-        """Cut every person (and its mirror image for the flip test) out of the frame at once."""
+        Args:
+            images: (B, 3, H, W) RGB on the device, uint8 or float in [0, 255].
+            boxes: (N, 4) x1, y1, x2, y2 in image pixels, finite, on the device; the boxes of
+                image 0 first, then those of image 1, ...
+            counts: (B,) boxes per image, on the host; None when B is 1.
+            lap: a stage timer's `lap`, called after "crop", "pose" and "refine".
+
+        Returns:
+            (N, K, 3) float32 x, y in image pixels and the keypoint score; NaN for a person
+            whose heatmaps are not finite.
+        """
+        counts = [len(boxes)] if counts is None else list(counts)
+        if len(counts) != len(images) or sum(counts) != len(boxes):
+            raise ValueError(
+                f"{len(boxes)} boxes on {len(images)} images do not match counts {counts}"
+            )
+        images = images.to(self.device)
+        if not images.is_floating_point():
+            images = images.float()
+        owner = [i for i, n in enumerate(counts) for _ in range(n)]  # host ints, not a tensor
+        chunks = []
+        for start in range(0, len(boxes), self.largest_bucket):
+            stop = start + self.largest_bucket
+            chunks.append(self._chunk(images, boxes[start:stop], owner[start:stop], lap))
+        if not chunks:
+            return torch.zeros(0, self.pose.num_keypoints, 3, device=self.device)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def _chunk(self, images: Tensor, boxes: Tensor, owner: list[int], lap: Lap | None) -> Tensor:
         count = len(boxes)
-        bucket = self.bucket_for(count)
-        h, w = self.pose.input_size
+        pad = self.bucket_for(count) - count
         boxes = boxes.to(self.device, torch.float32)
-        if bucket > count:  # padding people: a tiny region in the corner, dropped after refine
-            pad = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(bucket - count, 4)
-            boxes = torch.cat((boxes, pad))
+        if pad:  # padding people: one-pixel regions of the last image, dropped at the end
+            boxes = torch.cat((boxes, boxes.new_zeros(pad, 4)))
+            owner = owner + [owner[-1]] * pad
+        crops, center, scale = self._crops(images, boxes, owner)
+        _lap(lap, "crop")
+        heatmaps = self._network(crops)
+        if self.config.backend == "compile":
+            # CUDA-graph outputs are overwritten by the next replay: take a copy before returning.
+            heatmaps = heatmaps.clone()
+        _lap(lap, "pose")
+        keypoints = self._decode(heatmaps, center, scale)
+        _lap(lap, "refine")
+        return keypoints[:count] if pad else keypoints
+
+    def _crops(self, images: Tensor, boxes: Tensor, owner: list[int]) -> tuple[Tensor, ...]:
+        """Normalised crops (B or 2B, 3, H, W) in the network's dtype, and the regions (B, 2).
+
+        One warp per image for all its people (the image is shared, not copied per person)."""
+        h, w = self.pose.input_size
         center, scale = box_to_center_scale(boxes, aspect_ratio=w / h)
-        image = frame.to(self.device, self.dtype)
-        index = torch.zeros(bucket, dtype=torch.long, device=self.device)
-        crops = warp_crops(image, index, center.to(self.dtype), scale.to(self.dtype), (h, w))
+        parts, start = [], 0
+        for image, group in itertools.groupby(owner):
+            stop = start + len(list(group))
+            one = images[image : image + 1]
+            parts.append(warp_crops(one, None, center[start:stop], scale[start:stop], (h, w)))
+            start = stop
+        crops = parts[0] if len(parts) == 1 else torch.cat(parts)  # float32 geometry
         if self.config.flip_test:
             # A mirrored crop of a region is the crop mirrored: no second warp needed.
             crops = torch.cat((crops, crops.flip(-1)))
-        crops = (crops - self._mean) / self._std
-        return PoseBatch(count, bucket, center, scale, crops=crops)
+        crops = ((crops - self._mean) / self._std).to(self.dtype)
+        return crops, center, scale
 
-    @torch.inference_mode()
-    def infer(self, batch: PoseBatch) -> PoseBatch:
-        """Run the network on the batch's crops; heatmaps are kept in float32."""
-        if batch.bucket == 0:
-            k, (hh, hw) = self.pose.num_keypoints, self.pose.heatmap_size
-            batch.heatmaps = torch.zeros(0, k, hh, hw, device=self.device)
-            return batch
-        out = self.network(batch.crops)
-        # CUDA-graph outputs are overwritten by the next replay: take a copy before returning.
-        batch.heatmaps = out.float().clone() if self.config.backend == "compile" else out.float()
-        return batch
+    def warm_up(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Run every bucket once, so compiling (and CUDA-graph capture) happens now, not
+        mid-stream."""
+        h, w = self.pose.input_size
+        images = torch.zeros(1, 3, h, w, device=self.device)
+        buckets = self.config.batch_buckets
+        for done, bucket in enumerate(buckets, start=1):
+            logger.info(
+                "warming up the %s pose network: bucket %d/%d (%d people)",
+                self.config.backend, done, len(buckets), bucket,
+            )  # fmt: skip
+            boxes = torch.tensor([[0.0, 0.0, w, h]], device=self.device).expand(bucket, 4)
+            for _ in range(2):  # CUDA graphs record on the second call of a shape
+                self(images, boxes.contiguous())
+            if progress is not None:
+                progress(done, len(buckets))
 
-    @torch.inference_mode()
-    def refine(self, batch: PoseBatch) -> Tensor:
-        """Heatmaps -> keypoints (count, K, 3) x, y, score in image pixels."""
-        if batch.bucket == 0:
-            return torch.zeros(0, self.pose.num_keypoints, 3, device=self.device)
-        out = self._refine(batch.heatmaps, batch.center, batch.scale)
-        return out[: batch.count]
+    def _compiled_network(self, network: nn.Module) -> nn.Module:
+        if self.config.backend == "compile":
+            # CUDA graphs remove per-kernel launch overhead; buckets keep the shapes static.
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            return torch.compile(network, mode=mode, dynamic=False)
+        return _tensorrt_module(network, self.pose, self.config, self.crops_per_person)
 
-    def _refine_eager(self, heatmaps: Tensor, center: Tensor, scale: Tensor) -> Tensor:
-        if self.config.flip_test:
-            half = heatmaps.shape[0] // 2
-            heatmaps = fuse_flip(heatmaps[:half], heatmaps[half:], self.flip_perm, self.flip_alpha)
-        xy, scores = decode_heatmaps(heatmaps, self.config.decoder, self.config.blur_kernel)
-        # An imported model's heatmap map (MMPose / HRNet) -> this project's; identity for ours.
-        p = self.pose
-        xy = to_pixel_center_heatmap(xy, p.heatmap_mapping, p.input_size, p.heatmap_size)
-        xy = grid_to_image(xy, center, scale, self.pose.heatmap_size)
-        return torch.cat((xy, scores.unsqueeze(-1)), dim=-1)
+
+def _lap(lap: Lap | None, stage: str) -> None:
+    if lap is not None:
+        lap(stage)
+
+
+def _device_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The network in eval mode on `device` in `dtype`, leaving the caller's module as it was."""
+    params = list(model.parameters())
+    if params and params[0].device == device and params[0].dtype == dtype:
+        return model.eval()
+    import copy
+
+    return copy.deepcopy(model).eval().to(device, dtype)
+
+
+def _allow_recompiles(buckets: int) -> None:
+    """Room in dynamo's cache for every bucket of several estimators (decoders, flip on/off)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 8 * buckets))
+
+
+def tensorrt_cache_key(
+    model: nn.Module, pose: PoseConfig, dtype: torch.dtype, device: str, max_batch: int
+) -> str:
+    """What a cached TensorRT engine depends on: weights, input size, batch range, precision,
+    GPU model and the torch / torch-tensorrt / TensorRT versions."""
+    import tensorrt
+    import torch_tensorrt
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    gpu = torch.cuda.get_device_name(torch.device(device)).replace(" ", "_")
+    h, w = pose.input_size
+    return (
+        f"{pose.arch}-{h}x{w}-b1-{max_batch}-{str(dtype).removeprefix('torch.')}-{gpu}-"
+        f"torch{torch.__version__}-trt{torch_tensorrt.__version__}-tensorrt{tensorrt.__version__}-"
+        f"{digest.hexdigest()[:16]}"
+    )
 
 
 def _tensorrt_module(
     model: nn.Module, pose: PoseConfig, config: EngineConfig, per_person: int
 ) -> nn.Module:
-    """Compile the network with torch-tensorrt (fp16, dynamic batch), reusing a cached engine."""
+    """Compile the network with torch-tensorrt (dynamic batch), reusing a cached engine."""
     try:
         import torch_tensorrt
     except ImportError as err:
@@ -189,26 +288,29 @@ def _tensorrt_module(
         ) from err
     h, w = pose.input_size
     max_batch = config.batch_buckets[-1] * per_person
-    key = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        key.update(name.encode())
-        key.update(tensor.detach().float().cpu().numpy().tobytes())
-    tag = f"{pose.arch}-{h}x{w}-b{max_batch}-trt{torch_tensorrt.__version__}-{key.hexdigest()[:12]}"
+    dtype = torch.float16 if config.half else torch.float32
+    tag = tensorrt_cache_key(model, pose, dtype, config.device, max_batch)
     cache_dir = Path(config.cache_dir or Path.home() / ".cache" / "ccm-pose" / "tensorrt")
     path = cache_dir / f"{tag}.ep"
     if path.is_file():
         logger.info("loading TensorRT engine %s", path)
         return torch.export.load(str(path)).module()
-    dtype = torch.float16 if config.half else torch.float32
     spec = torch_tensorrt.Input(
         min_shape=(1, 3, h, w), opt_shape=(min(8 * per_person, max_batch), 3, h, w),
         max_shape=(max_batch, 3, h, w), dtype=dtype,
     )  # fmt: skip
     logger.info("building TensorRT engine %s (minutes, once)", tag)
     trt = torch_tensorrt.compile(
-        model, ir="dynamo", inputs=[spec], enabled_precisions={torch.float16, torch.float32}
+        model, ir="dynamo", inputs=[spec], enabled_precisions={dtype}, min_block_size=1
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(per_person, 3, h, w, device=config.device, dtype=dtype)
-    torch_tensorrt.save(trt, str(path), inputs=[example])
+    # Saved with its dynamic batch dimension, so the reloaded engine takes every bucket.
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    arg = next(iter(inspect.signature(model.forward).parameters))
+    example = torch.zeros(
+        min(2 * per_person, max_batch), 3, h, w, device=config.device, dtype=dtype
+    )
+    part = path.with_suffix(".part")
+    torch_tensorrt.save(trt, str(part), arg_inputs=[example], dynamic_shapes={arg: {0: batch}})
+    part.replace(path)
     return trt

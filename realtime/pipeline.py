@@ -1,28 +1,47 @@
-"""Frame -> poses: detect, crop, pose, refine, fuse, with a timer on every stage.
+"""Frames -> poses: upload, detect, pose, suppress duplicates, one copy to the host, track.
 
-Reads in one sitting, rtmlib-style: `PosePipeline(frame)` runs the person detector every
-`det_every` frames (boxes come from the previous poses in between), the pose engine on all people
-at once, optional Soft-NMS fusion of duplicate detections (Eq. (20)-(21)), the temporal stage, and
-one device->host copy of the result. `stream()` is the generator form over a frame source.
+Reads in one sitting, rtmlib-style. `PosePipeline.process(frames)` takes a micro-batch of frames
+through the stages together:
+
+1. one upload of the frames (pinned host memory on CUDA), read by the detector and the crops;
+2. the person detector on the frames that need it (every `det_every`-th frame of a stream;
+   boxes come from the stream's previous poses in between), one forward pass for the batch;
+3. boxes made finite, clipped to the frame and checked for size (a failed box takes no part);
+4. the pose stage (`PoseEstimator`) on every person of every frame at once;
+5. HRNet rescoring, the score threshold and OKS-NMS / Soft-NMS fusion (Eq. (20)-(21)) as masks
+   over the whole batch, so no shape depends on the data and nothing waits for the device;
+6. the batch's one device->host copy; NaN keypoints are an error here, never "nobody";
+7. per frame, in order, on the host: the stream's temporal stage (track ids, fusion).
+
+`stream()` is the generator form over a frame source, in micro-batches of `batch_size` frames
+for files (one frame at a time for a live source, or when poses give the next frame's boxes).
+Each stream of frames (a video, a browser session) keeps its own `StreamState`; the models are
+shared.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ccm.nms import oks_nms, rescore, soft_nms_fusion
-from realtime.detector import boxes_from_keypoints
-from realtime.engine import PoseEngine
+from ccm.nms import rescore, suppress_duplicates
+from ccm.skeleton import COCO_SIGMAS
+from realtime.detector import Detections, boxes_from_keypoints
+from realtime.engine import PoseEstimator
 from realtime.results import FramePoses
 from realtime.sources import Frame
 
 STAGES = ("decode", "detect", "crop", "pose", "refine", "fuse", "render", "encode")
 NMS_METHODS = ("softnms", "oks", "none")
+
+Temporal = Callable[[FramePoses], FramePoses]
+PeopleHook = Callable[[Frame, Detections], Detections]
 
 
 @dataclass(frozen=True)
@@ -31,13 +50,15 @@ class PipelineConfig:
     above it make the boxes of the frames in between; `nms`: how duplicate detections of one
     person merge ("softnms" Eq. (20)-(21), "oks" plain OKS-NMS, "none"); `min_pose_score`: people
     whose score (detector score x mean confident keypoint score) falls below it are dropped;
-    `sync_timing`: wait for the device at each stage boundary so per-stage times are exact."""
+    `batch_size`: frames of a file that go through the models together; `sync_timing`: wait for
+    the device at each stage boundary so per-stage times are exact."""
 
     det_every: int = 1
     box_keypoint_threshold: float = 0.3
     nms: str = "softnms"
     nms_threshold: float = 0.9
     min_pose_score: float = 0.05
+    batch_size: int = 4
     sync_timing: bool = False
 
     def __post_init__(self) -> None:
@@ -45,19 +66,24 @@ class PipelineConfig:
             raise ValueError(f"det_every must be >= 1, got {self.det_every}")
         if self.nms not in NMS_METHODS:
             raise ValueError(f"unknown nms {self.nms!r}; choose from {NMS_METHODS}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
 class FrameResult:
-    """One processed frame: the frame, its poses (on the CPU) and stage times in ms."""
+    """One processed frame: the frame, its poses (on the CPU), stage times in ms of the
+    micro-batch it went through (`batch` frames), and the people the pose stage ran on."""
 
     frame: Frame
     poses: FramePoses
     timings: dict[str, float] = field(default_factory=dict)
+    batch: int = 1
+    people: int = 0
 
     @property
     def latency_ms(self) -> float:
-        """From the frame leaving the decoder to its poses being ready."""
+        """From the frame's batch leaving the decoder to its poses being ready."""
         return sum(v for k, v in self.timings.items() if k not in ("decode", "render", "encode"))
 
 
@@ -78,103 +104,294 @@ class StageTimer:
         self._last = now
 
 
-class PosePipeline:
-    """detector(image) -> (boxes, scores); engine(frame, boxes) -> keypoints; temporal(poses)."""
+@dataclass
+class StreamState:
+    """What one stream of frames remembers: its detection interval, its temporal stage, and the
+    previous frame's poses (host tensors) with their detector scores for the frames between
+    detections."""
 
-    def __init__(
-        self,
-        detector: Callable[[object], tuple[Tensor, Tensor]],
-        engine: PoseEngine,
-        temporal: Callable[[FramePoses], FramePoses] | None = None,
-        config: PipelineConfig = PipelineConfig(),
-    ) -> None:
-        self.detector = detector
-        self.engine = engine
-        self.temporal = temporal
-        self.config = config
-        self.device = engine.device
-        self._previous: FramePoses | None = None
-        self._previous_box_scores: Tensor | None = None  # detector scores, aligned with _previous
-        self._frames = 0
+    det_every: int = 1
+    temporal: Temporal | None = None
+    previous: FramePoses | None = None
+    previous_box_scores: Tensor | None = None
+    frames: int = 0
 
     def reset(self) -> None:
         """Forget previous frames (a new video)."""
-        self._previous = None
-        self._previous_box_scores = None
-        self._frames = 0
+        self.previous = None
+        self.previous_box_scores = None
+        self.frames = 0
         if self.temporal is not None and hasattr(self.temporal, "reset"):
             self.temporal.reset()
 
+    def needs_detection(self) -> bool:
+        return self.frames % self.det_every == 0 or self.previous is None or not len(self.previous)
+
+
+class PosePipeline:
+    """detector.detect(images) -> boxes; estimator(images, boxes) -> keypoints; temporal(poses)."""
+
+    def __init__(
+        self,
+        detector,
+        estimator: PoseEstimator,
+        temporal: Temporal | None = None,
+        config: PipelineConfig = PipelineConfig(),
+    ) -> None:
+        self.detector = detector
+        self.estimator = estimator
+        self.config = config
+        self.device = estimator.device
+        self.state = StreamState(config.det_every, temporal)
+        self._sigmas = torch.tensor(COCO_SIGMAS, device=self.device)
+        self._pinned: dict[tuple, Tensor] = {}  # host staging buffers by shape
+
+    @property
+    def temporal(self) -> Temporal | None:
+        return self.state.temporal
+
+    def new_stream(self, temporal: Temporal | None = None, det_every: int | None = None):
+        """A fresh `StreamState` for another stream through the same models."""
+        return StreamState(det_every or self.config.det_every, temporal)
+
+    def reset(self) -> None:
+        """Forget previous frames of the pipeline's own stream (a new video)."""
+        self.state.reset()
+
+    def __call__(self, frame: Frame, people: PeopleHook | None = None) -> FrameResult:
+        return self.process([frame], people=people)[0]
+
+    def stream(
+        self, frames: Iterable[Frame], people: PeopleHook | None = None
+    ) -> Iterator[FrameResult]:
+        """Process frames as they come (a FrameSource, or any iterable of Frame), in
+        micro-batches for files; `decode` is the time spent waiting for the batch's frames."""
+        live = getattr(frames, "realtime", False) or self.state.det_every > 1
+        size = 1 if live else self.config.batch_size
+        frames = iter(frames)
+        while True:
+            start = time.perf_counter()
+            batch = list(islice(frames, size))
+            if not batch:
+                return
+            decode_ms = (time.perf_counter() - start) * 1000
+            for result in self.process(batch, people=people):
+                result.timings = {"decode": decode_ms, **result.timings}
+                yield result
+
     @torch.inference_mode()
-    def __call__(self, frame: Frame) -> FrameResult:
+    def process(
+        self,
+        frames: Sequence[Frame],
+        states: Sequence[StreamState] | None = None,
+        people: PeopleHook | None = None,
+    ) -> list[FrameResult]:
+        """Frames (of one stream, in order, or of several streams) -> one result each, in order.
+
+        `states` gives each frame's stream (default: the pipeline's own). A stream whose next
+        boxes come from its poses (`det_every` > 1) may appear only once per call. `people`
+        replaces the detections of the frames the detector ran on (the benchmark fixes the
+        people with it; the detector still runs).
+        """
+        states = [self.state] * len(frames) if states is None else list(states)
+        if len(states) != len(frames):
+            raise ValueError(f"{len(frames)} frames but {len(states)} stream states")
+        _check_reuse(states)
+        images = [_rgb(f) for f in frames]
+        results: list[FrameResult | None] = [None] * len(frames)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(image.shape[:2], []).append(i)
+        for group in by_size.values():
+            for i, result in zip(
+                group, self._group(frames, images, states, group, people), strict=True
+            ):
+                results[i] = result
+        return results
+
+    def _group(
+        self,
+        frames: Sequence[Frame],
+        images: list[np.ndarray],
+        states: list[StreamState],
+        group: list[int],
+        people: PeopleHook | None,
+    ) -> list[FrameResult]:
+        """Frames of one size through every stage; one device->host copy for all of them."""
         timer = StageTimer(self.device, self.config.sync_timing)
-        image = torch.from_numpy(frame.image).to(self.device, non_blocking=True)
-        image = image.permute(2, 0, 1).unsqueeze(0)
-        boxes, box_scores = self._boxes(frame)
-        timer.lap("detect")
-        batch = self.engine.crop(image, boxes)
-        timer.lap("crop")
-        self.engine.infer(batch)
-        timer.lap("pose")
-        keypoints = self.engine.refine(batch)
-        timer.lap("refine")
-        poses = self._fuse(frame, boxes, box_scores, keypoints)
-        poses = poses.cpu()  # the frame's one device->host copy
-        timer.lap("fuse")
-        self._previous = poses
-        self._frames += 1
-        return FrameResult(frame, poses, timer.times)
-
-    def stream(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
-        """Process frames as they come (a FrameSource, or any iterable of Frame)."""
-        last = time.perf_counter()
-        for frame in frames:
-            decode_ms = (time.perf_counter() - last) * 1000
-            result = self(frame)
-            result.timings = {"decode": decode_ms, **result.timings}
-            yield result
-            last = time.perf_counter()
-
-    def _boxes(self, frame: Frame) -> tuple[Tensor, Tensor]:
-        previous = self._previous
-        reuse = (
-            self._frames % self.config.det_every != 0 and previous is not None and len(previous) > 0
-        )
-        if not reuse:
-            boxes, scores = self.detector(frame.image)
-            return boxes.to(self.device, torch.float32), scores.to(self.device, torch.float32)
-        height, width = frame.image.shape[:2]
-        boxes = boxes_from_keypoints(
-            previous.keypoints.to(self.device),
-            self.config.box_keypoint_threshold,
-            image_size=(height, width),
-        )
-        return boxes, self._previous_box_scores
-
-    def _fuse(
-        self, frame: Frame, boxes: Tensor, box_scores: Tensor, keypoints: Tensor
-    ) -> FramePoses:
-        scores = rescore(box_scores, keypoints[..., 2])
-        keep = scores >= self.config.min_pose_score
-        boxes, box_scores, scores, keypoints = (
-            boxes[keep],
-            box_scores[keep],
-            scores[keep],
-            keypoints[keep],
-        )
-        if self.config.nms != "none" and len(boxes) > 1:
-            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            if self.config.nms == "softnms":
-                keypoints, scores, index = soft_nms_fusion(
-                    keypoints, scores, areas, self.config.nms_threshold
+        pixels = self._upload([images[i] for i in group])  # (B, 3, H, W) uint8
+        height, width = pixels.shape[-2:]
+        detect = [i for i in group if states[i].needs_detection()]
+        found = dict(zip(detect, self._detect(pixels, images, group, detect), strict=True))
+        boxes, box_scores = [], []
+        for i in group:
+            if i in found:
+                dets = found[i] if people is None else people(frames[i], found[i])
+                b, s = dets.boxes, dets.scores
+            else:  # boxes from the previous poses; their detector scores rescore them
+                state = states[i]
+                b = boxes_from_keypoints(
+                    state.previous.keypoints,
+                    self.config.box_keypoint_threshold,
+                    image_size=(height, width),
                 )
-            else:
-                index = oks_nms(keypoints, scores, areas, self.config.nms_threshold)
-                keypoints, scores = keypoints[index], scores[index]
-            boxes, box_scores = boxes[index], box_scores[index]
-        # Frames without detection rescore with these, not with the already rescored scores.
-        self._previous_box_scores = box_scores
-        track_ids = torch.full((len(boxes),), -1, dtype=torch.long, device=boxes.device)
-        poses = FramePoses(frame.index, frame.pts, boxes, scores, keypoints, track_ids)
-        # The temporal stage keeps the order of people, so the box scores stay aligned.
-        return self.temporal(poses) if self.temporal is not None else poses
+                s = state.previous_box_scores
+            boxes.append(b.to(self.device, torch.float32))
+            box_scores.append(s.to(self.device, torch.float32))
+        counts = [len(b) for b in boxes]
+        frame_of = torch.cat(
+            [
+                torch.full((n,), k, dtype=torch.long, device=self.device)
+                for k, n in enumerate(counts)
+            ]
+        )
+        boxes, box_scores, usable = _sanitize(
+            torch.cat(boxes), torch.cat(box_scores), height, width
+        )
+        timer.lap("detect")
+        keypoints = self.estimator(pixels, boxes, counts, lap=timer.lap)
+        packed = self._suppress(boxes, box_scores, keypoints, frame_of, usable)
+        host = self._to_host(packed)  # the batch's one device->host copy
+        out = []
+        for k, rows in enumerate(np.split(host, np.cumsum(counts)[:-1])):
+            i = group[k]
+            poses, scores = _frame_poses(frames[i], rows, keypoints.shape[1])
+            state = states[i]
+            if state.temporal is not None:
+                poses = state.temporal(poses)
+            state.previous, state.previous_box_scores = poses, scores
+            state.frames += 1
+            out.append(FrameResult(frames[i], poses, batch=len(group), people=counts[k]))
+        timer.lap("fuse")
+        for result in out:
+            result.timings = dict(timer.times)
+        return out
+
+    def _detect(
+        self, pixels: Tensor, images: list[np.ndarray], group: list[int], detect: list[int]
+    ) -> list[Detections]:
+        """Detections of the frames `detect` (indices into `images`, rows of `pixels` by their
+        place in `group`): one batch through a `PersonDetector`, else a plain callable per
+        (H, W, 3) frame."""
+        if not detect:
+            return []
+        if not hasattr(self.detector, "detect"):
+            return [Detections(*self.detector(images[i])) for i in detect]
+        rows = [group.index(i) for i in detect]
+        return self.detector.detect(pixels if len(rows) == len(group) else pixels[rows])
+
+    def _suppress(
+        self, boxes: Tensor, box_scores: Tensor, keypoints: Tensor, frame_of: Tensor, usable: Tensor
+    ) -> Tensor:
+        """Rescore, threshold and NMS as masks -> (N, 8 + 3K): box, box score, score, keep,
+        broken (a usable box whose keypoints are not finite), keypoints."""
+        c = self.config
+        broken = usable & ~keypoints.isfinite().flatten(1).all(-1)
+        scores = rescore(box_scores, keypoints[..., 2])
+        keep = usable & (scores >= c.min_pose_score)
+        if c.nms != "none" and len(boxes) > 1:
+            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            keypoints, keep = suppress_duplicates(
+                keypoints, scores, areas, c.nms_threshold, c.nms == "softnms", frame_of, keep,
+                self._sigmas,
+            )  # fmt: skip
+        flags = torch.stack((keep, broken), dim=1).float()
+        columns = (boxes, box_scores[:, None], scores[:, None], flags)
+        return torch.cat((*columns, keypoints.flatten(1)), dim=1)
+
+    def _upload(self, images: list[np.ndarray]) -> Tensor:
+        """(B, H, W, 3) uint8 host frames -> (B, 3, H, W) on the device, through pinned memory."""
+        if self.device.type == "cpu":
+            stacked = images[0][None] if len(images) == 1 else np.stack(images)
+            return torch.from_numpy(stacked).permute(0, 3, 1, 2)
+        shape = (len(images), *images[0].shape)
+        buffer = self._pinned.get(shape)
+        if buffer is None:
+            buffer = self._pinned[shape] = torch.empty(shape, dtype=torch.uint8).pin_memory()
+        staging = buffer.numpy()
+        for k, image in enumerate(images):
+            staging[k] = image
+        return buffer.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+
+    def _to_host(self, packed: Tensor) -> np.ndarray:
+        """The device->host copy, into a pinned buffer kept (and grown) across frames."""
+        if self.device.type == "cpu":
+            return packed.numpy()
+        rows, columns = packed.shape
+        buffer = self._pinned.get(("out", columns))
+        if buffer is None or len(buffer) < rows:
+            buffer = torch.empty(max(rows, 64), columns, dtype=packed.dtype).pin_memory()
+            self._pinned["out", columns] = buffer
+        host = buffer[:rows]
+        host.copy_(packed, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host.numpy().copy()
+
+
+def _check_reuse(states: list[StreamState]) -> None:
+    seen: set[int] = set()
+    for state in states:
+        if id(state) in seen and state.det_every > 1:
+            raise ValueError(
+                "a stream with det_every > 1 takes its next boxes from its last poses: give it "
+                "one frame per call"
+            )
+        seen.add(id(state))
+
+
+def _rgb(frame: Frame) -> np.ndarray:
+    """The frame as (H, W, 3) uint8 RGB: gray and RGBA frames are converted, others refused."""
+    image = frame.image
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"frame {frame.index}: expected a uint8 image array, got {kind}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
+        raise ValueError(
+            f"frame {frame.index}: expected an (H, W), (H, W, 3) or (H, W, 4) image, "
+            f"got shape {image.shape}"
+        )
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[..., :3]
+    return np.ascontiguousarray(image)
+
+
+def _sanitize(
+    boxes: Tensor, scores: Tensor, height: int, width: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Whatever the detector gave -> finite boxes inside the frame (an infinite side is clipped to
+    the frame's edge), and which are usable: no NaN, a finite score, at least one pixel wide and
+    high after clipping."""
+    finite = ~boxes.isnan().any(-1) & scores.isfinite()
+    boxes = torch.nan_to_num(boxes, nan=0.0)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    boxes = torch.stack(
+        (x1.clamp(0, width), y1.clamp(0, height), x2.clamp(0, width), y2.clamp(0, height)), -1
+    )
+    usable = finite & (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    return boxes, torch.nan_to_num(scores, nan=0.0), usable
+
+
+def _frame_poses(frame: Frame, rows: np.ndarray, num_keypoints: int) -> tuple[FramePoses, Tensor]:
+    """One frame's packed rows -> its kept poses (best first) and their detector scores."""
+    if (rows[:, 7] > 0.5).any():
+        raise RuntimeError(
+            f"frame {frame.index}: the pose network gave NaN or infinite keypoints; the pose "
+            "weights or the input frame are broken"
+        )
+    rows = rows[rows[:, 6] > 0.5]
+    keypoints = rows[:, 8:].reshape(-1, num_keypoints, 3)
+    order = np.argsort(-rows[:, 5], kind="stable")
+    rows, keypoints = rows[order], keypoints[order]
+    poses = FramePoses(
+        frame.index,
+        frame.pts,
+        torch.from_numpy(np.ascontiguousarray(rows[:, :4])),
+        torch.from_numpy(np.ascontiguousarray(rows[:, 5])),
+        torch.from_numpy(np.ascontiguousarray(keypoints)),
+        torch.full((len(rows),), -1, dtype=torch.long),
+    )
+    return poses, torch.from_numpy(np.ascontiguousarray(rows[:, 4]))

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from realtime.offline import configure_offline
 
@@ -51,7 +50,7 @@ from realtime.assemble import (  # noqa: E402
     default_pose_checkpoint,
 )
 from realtime.batch import process_video  # noqa: E402
-from realtime.engine import EngineConfig, PoseEngine  # noqa: E402
+from realtime.engine import EngineConfig, PoseEstimator  # noqa: E402
 from realtime.pipeline import FrameResult, PipelineConfig, PosePipeline  # noqa: E402
 from realtime.render import RenderConfig, render_frame  # noqa: E402
 from realtime.sources import Frame  # noqa: E402
@@ -149,22 +148,29 @@ class _Loaded:
     """What every new pipeline is built from; replaced whole, so a reader never sees a mix."""
 
     pose_path: Path
-    engine: PoseEngine
+    engine: PoseEstimator
     pipeline: PipelineConfig
     temporal: TemporalConfig
     version: int
 
 
-class _LockedPipeline(PosePipeline):
+class _LockedPipeline:
     """A pipeline whose frames pass one at a time through models shared with other pipelines."""
 
-    def __init__(self, lock: threading.Lock, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, lock: threading.Lock, pipeline: PosePipeline) -> None:
         self._lock = lock
+        self.pipeline = pipeline
 
     def __call__(self, frame: Frame) -> FrameResult:
         with self._lock:
-            return super().__call__(frame)
+            return self.pipeline(frame)
+
+    def reset(self) -> None:
+        self.pipeline.reset()
+
+    def stream(self, frames):
+        for frame in frames:
+            yield self(frame)
 
 
 class SharedModels:
@@ -175,7 +181,7 @@ class SharedModels:
         self.frame_lock = threading.Lock()  # one frame at a time through detector and engine
         self._configure_lock = threading.Lock()  # one settings change at a time
         self.loaded = _Loaded(
-            pose_path, pipeline.engine, pipeline.config, _temporal_config(pipeline), version=0
+            pose_path, pipeline.estimator, pipeline.config, _temporal_config(pipeline), version=0
         )
 
     @property
@@ -196,7 +202,8 @@ class SharedModels:
         """
         s = self.loaded
         temporal = TemporalFusion(s.temporal) if track and s.temporal.method != "none" else None
-        return _LockedPipeline(self.frame_lock, self.detector, s.engine, temporal, s.pipeline)
+        pipeline = PosePipeline(self.detector, s.engine, temporal, s.pipeline)
+        return _LockedPipeline(self.frame_lock, pipeline)
 
     def configure(self, controls: Controls) -> None:
         """Apply new settings, rebuilding only what they change; raises ValueError/OSError."""
@@ -212,7 +219,7 @@ class SharedModels:
                 model, pose = load_checkpoint(controls.pose)
                 logger.info("pose model: %s (%s, input %s)", controls.pose, pose.arch,
                             pose.input_size)  # fmt: skip
-                engine = PoseEngine(model, pose, engine_config)
+                engine = PoseEstimator(model, pose, engine_config)
             elif engine_config != s.engine.config:
                 engine = self._reconfigured_engine(s, engine_config)
             if (engine, pipeline, temporal) == (s.engine, s.pipeline, s.temporal):
@@ -221,12 +228,9 @@ class SharedModels:
             logger.info("settings: %s", controls)
 
     @staticmethod
-    def _reconfigured_engine(s: _Loaded, config: EngineConfig) -> PoseEngine:
-        """The same network with other refinement settings; a weights reload only for TensorRT."""
-        network = _eager_network(s.engine)
-        if network is None:
-            network, _ = load_checkpoint(s.pose_path)
-        return PoseEngine(network, s.engine.pose, config)
+    def _reconfigured_engine(s: _Loaded, config: EngineConfig) -> PoseEstimator:
+        """The same network with other refinement settings; the estimator keeps the plain one."""
+        return PoseEstimator(s.engine.model, s.engine.pose, config)
 
     def describe(self) -> str:
         """Markdown naming the loaded models."""
@@ -247,13 +251,6 @@ class SharedModels:
 def _temporal_config(pipeline: PosePipeline) -> TemporalConfig:
     config = getattr(pipeline.temporal, "config", None)
     return config if isinstance(config, TemporalConfig) else TemporalConfig(method="none")
-
-
-def _eager_network(engine: PoseEngine) -> nn.Module | None:
-    """The plain module under an engine's network, or None where it cannot be recovered."""
-    if engine.config.backend == "eager":
-        return engine.network
-    return getattr(engine.network, "_orig_mod", None)  # torch.compile keeps the original
 
 
 @dataclass

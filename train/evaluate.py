@@ -35,10 +35,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ccm.checkpoint import PoseConfig, load_checkpoint
-from ccm.geometry import grid_to_image, to_pixel_center_heatmap
 from ccm.nms import oks_nms, rescore, soft_nms_fusion
-from ccm.refine import DECODE_METHODS, decode_heatmaps, fuse_flip
-from ccm.skeleton import flip_permutation
+from ccm.refine import DECODE_METHODS
 from train.data import Instance, TopDownDataset, image_index, load_coco, load_detections
 
 log = logging.getLogger(__name__)
@@ -228,19 +226,12 @@ def decode_poses(
     """Heatmaps -> poses in image pixels (flip fusion + SSP, GF, decoding, rescoring)."""
     if config.flip and predicted.flipped is None:
         raise ValueError("flip test requested but the heatmaps were predicted without it")
-    alpha = pose_config.flip_alpha if config.flip_alpha is None else config.flip_alpha
-    perm = flip_permutation(pose_config.num_keypoints)
+    codec = pose_config.codec(config.decoder, config.blur_kernel, config.flip_alpha)
     keypoints = []
     for start in range(0, len(predicted), _DECODE_CHUNK):
         part = predicted.slice(start, start + _DECODE_CHUNK)
-        heatmaps = part.heatmaps
-        if config.flip:
-            heatmaps = fuse_flip(heatmaps, part.flipped, perm, alpha)  # Eq. (22)
-        xy, scores = decode_heatmaps(heatmaps, config.decoder, config.blur_kernel)
-        size = (heatmaps.shape[-2], heatmaps.shape[-1])
-        xy = to_pixel_center_heatmap(xy, pose_config.heatmap_mapping, pose_config.input_size, size)
-        xy = grid_to_image(xy, part.center.float(), part.scale.float(), size)
-        keypoints.append(torch.cat((xy, scores.unsqueeze(-1)), dim=-1))
+        flipped = part.flipped if config.flip else None
+        keypoints.append(codec.to_image(part.heatmaps, part.center, part.scale, flipped))
     kpts = torch.cat(keypoints) if keypoints else predicted.heatmaps.new_zeros((0, 0, 3))
     return Poses(
         kpts,

@@ -30,9 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ccm.checkpoint import PoseConfig, load_checkpoint
-from ccm.geometry import grid_to_image, to_pixel_center_heatmap
-from ccm.refine import DECODE_METHODS, decode_heatmaps, fuse_flip
-from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS, flip_permutation
+from ccm.refine import DECODE_METHODS
+from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS
 from train.data import Instance
 from train.datasets import read_json
 from train.evaluate import eval_loader, run_model
@@ -130,9 +129,7 @@ def ensemble_heatmaps(
     for model, config in teachers:
         heatmaps, flipped = run_model(model, images, flip)
         if flipped is not None:
-            heatmaps = fuse_flip(
-                heatmaps, flipped, flip_permutation(config.num_keypoints), config.flip_alpha
-            )
+            heatmaps = config.codec().fuse_flip(heatmaps, flipped)
         fused.append(heatmaps)
     return torch.stack(fused).mean(0)
 
@@ -182,18 +179,15 @@ def pseudo_label(
     """
     check_teachers([c for _, c in teachers], [c.arch for _, c in teachers])
     config = teachers[0][1]
+    codec = config.codec(decoder, blur_kernel)  # the maps arrive flip-fused, per teacher
     for model, _ in teachers:
         model.eval()
     annotations = []
     with torch.inference_mode():
         for batch in eval_loader(instances, config, batch_size):
             heatmaps = ensemble_heatmaps(teachers, batch["image"].to(device), flip)
-            xy, scores = decode_heatmaps(heatmaps, decoder, blur_kernel)
             center, scale = batch["center"].to(device), batch["scale"].to(device)
-            size = (heatmaps.shape[-2], heatmaps.shape[-1])
-            xy = to_pixel_center_heatmap(xy, config.heatmap_mapping, config.input_size, size)
-            xy = grid_to_image(xy, center, scale, size)
-            kpts = torch.cat((xy, scores.unsqueeze(-1)), -1).cpu().double().numpy()
+            kpts = codec.to_image(heatmaps, center, scale).cpu().double().numpy()
             for index, person in zip(batch["index"].tolist(), kpts, strict=True):
                 ann = _annotation(instances[index], person, keypoint_threshold)
                 if ann is not None:

@@ -263,7 +263,7 @@ def test_detector_fp16_on_cuda_returns_float32_on_the_gpu(bus_rgb: np.ndarray) -
     config = DetectorConfig(weights="yolo11n.yaml", conf=0.0, imgsz=IMGSZ, device="cuda")
     det = PersonDetector(config)
     out = det(bus_rgb)
-    assert det.model.predictor.model.fp16
+    assert next(det.network.parameters()).dtype == torch.float16
     assert out.boxes.device.type == "cuda" and out.boxes.dtype == torch.float32
     assert out.scores.device.type == "cuda" and out.scores.dtype == torch.float32
 

@@ -1,43 +1,19 @@
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+from toys import DotFinder, blob_frame
 
 from ccm.checkpoint import PoseConfig
 from ccm.codec import encode_heatmaps
 from ccm.geometry import crop_to_heatmap, grid_to_image
 from ccm.skeleton import flip_permutation
-from realtime.engine import IMAGENET_MEAN, IMAGENET_STD, EngineConfig, PoseBatch, PoseEngine
+from realtime.engine import EngineConfig, PoseEstimator
 
 SIZE = (128, 96)
 POSE = PoseConfig("ccm_mobilenetv2", input_size=SIZE)
 
 
-class DotFinder(nn.Module):
-    """Heatmaps = the crop's red channel, average-pooled by the stride: a perfect model for a
-    frame whose only content is a bright blob, so the whole crop -> heatmap -> image chain is
-    checked without trained weights."""
-
-    def __init__(self, num_keypoints: int = 17) -> None:
-        super().__init__()
-        self.k = num_keypoints
-        self.scale = nn.Parameter(torch.ones(()))  # a parameter, so .to(dtype) has work to do
-
-    def forward(self, x):
-        red = x[:, :1] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
-        return (F.avg_pool2d(red, 4) * self.scale).expand(-1, self.k, -1, -1)
-
-
-def blob_frame(points, size=(360, 480), sigma=5.0) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij")
-    frame = torch.zeros(1, 3, *size)
-    for x, y in points:
-        frame[0, 0] += 255 * torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
-    return frame
-
-
-def engine(backend="eager", **kw) -> PoseEngine:
-    return PoseEngine(
+def engine(backend="eager", **kw) -> PoseEstimator:
+    return PoseEstimator(
         DotFinder(), POSE, EngineConfig(backend=backend, decoder="dark", blur_kernel=0, **kw)
     )
 
@@ -90,10 +66,11 @@ def crop_points(seed: int) -> torch.Tensor:
     return torch.rand(2, 17, 2, generator=g, dtype=torch.float64) * torch.tensor([72.0, 104.0]) + 12
 
 
-def refine_heatmaps(pose: PoseConfig, heatmaps: torch.Tensor, **kw) -> torch.Tensor:
-    engine = PoseEngine(DotFinder(), pose, EngineConfig(decoder="dark", blur_kernel=0, **kw))
-    batch = PoseBatch(2, 2, CENTER, SCALE, heatmaps=heatmaps)
-    return engine.refine(batch)[..., :2].double()
+def refine_heatmaps(pose: PoseConfig, heatmaps: torch.Tensor, flip_test: bool) -> torch.Tensor:
+    """The pose stage's decoding (its codec) of the maps of two people, (2, 17, 2) image px."""
+    codec = PoseEstimator(DotFinder(), pose, EngineConfig(decoder="dark", blur_kernel=0)).codec
+    flipped = heatmaps[2:] if flip_test else None
+    return codec.to_image(heatmaps[:2], CENTER, SCALE, flipped)[..., :2].double()
 
 
 @pytest.mark.parametrize(
@@ -140,39 +117,72 @@ def test_flip_test_realigns_each_codec_with_its_ssp_alpha():
 
 def test_the_refine_step_of_an_imported_model_compiles_without_graph_breaks():
     pose = PoseConfig("ccm_mobilenetv2", input_size=SIZE, flip_alpha=0.75, heatmap_mapping="msra")
-    engine = PoseEngine(DotFinder(), pose, EngineConfig(decoder="dark", blur_kernel=5))
+    codec = pose.codec("dark", blur_kernel=5)
     heatmaps = network_heatmaps(crop_points(seed=4), "msra", True)
-    compiled = torch.compile(engine._refine_eager, backend="eager", fullgraph=True, dynamic=False)
+    compiled = torch.compile(codec.to_image, backend="eager", fullgraph=True, dynamic=False)
     torch.testing.assert_close(
-        compiled(heatmaps, CENTER, SCALE), engine._refine_eager(heatmaps, CENTER, SCALE)
+        compiled(heatmaps[:2], CENTER, SCALE, heatmaps[2:]),
+        codec.to_image(heatmaps[:2], CENTER, SCALE, heatmaps[2:]),
     )
+
+
+def test_nan_heatmaps_give_nan_keypoints_not_an_empty_pose():
+    pose_nan = PoseConfig("ccm_mobilenetv2", input_size=SIZE)
+    heatmaps = network_heatmaps(crop_points(seed=5), "pixel-center", False)
+    heatmaps[1, 3, 0, 0] = float("nan")
+    out = pose_nan.codec("parabola").to_image(heatmaps, CENTER, SCALE)
+    assert out[0].isfinite().all() and out[1].isnan().all()
 
 
 def test_no_people_gives_an_empty_result():
     for backend in ("eager", "compile"):
-        out = engine(backend)(blob_frame([]), torch.zeros(0, 4))
+        out = engine(backend, batch_buckets=(1, 2))(blob_frame([]), torch.zeros(0, 4))
         assert out.shape == (0, 17, 3)
 
 
-def test_compiled_backend_with_buckets_matches_eager():
-    points = [(100.0 + 60 * i, 120.0 + 20 * i) for i in range(5)]
-    boxes = torch.tensor([[x - 40, y - 60, x + 40, y + 60] for x, y in points])
+def test_a_crowd_larger_than_the_largest_bucket_runs_in_chunks_with_no_compile_after_warm_up():
+    from torch._dynamo.utils import counters
+
+    points = [(40.0 + 45 * i, 100.0 + 20 * (i % 3)) for i in range(9)]
+    boxes = torch.tensor([[x - 20, y - 30, x + 20, y + 30] for x, y in points])
     frame = blob_frame(points)
     eager = engine()(frame, boxes)
-    compiled = engine("compile", batch_buckets=(2, 4))
-    assert compiled.bucket_for(3) == 4 and compiled.bucket_for(9) == 4
-    # Five people with buckets up to 4 run as a chunk of 4 and a chunk of 1 (padded to 2).
-    torch.testing.assert_close(compiled(frame, boxes), eager, rtol=0, atol=1e-3)
+    compiled = engine("compile", batch_buckets=(2, 4))  # warms both buckets up when built
+    assert compiled.bucket_for(3) == 4 and compiled.bucket_for(1) == 2
+    graphs = dict(counters["stats"])
+    # Nine people with buckets up to 4: chunks of 4, 4 and 1 (padded to 2).
+    out = compiled(frame, boxes)
+    assert out.shape == (9, 17, 3)
+    torch.testing.assert_close(out, eager, rtol=0, atol=1e-3)
     torch.testing.assert_close(compiled(frame, boxes[:3]), eager[:3], rtol=0, atol=1e-3)
+    assert dict(counters["stats"]) == graphs  # nothing compiled after the warm-up
+    err = (out[:, 0, :2] - torch.tensor(points)).norm(dim=-1)
+    assert err.max() < 0.05
 
 
-def test_real_network_runs_on_a_frame():
+def test_people_of_several_frames_in_one_call_match_one_frame_at_a_time():
+    a, b = [(120.3, 150.6), (300.8, 200.2)], [(401.5, 95.0)]
+    box = lambda x, y: [x - 40, y - 70, x + 50, y + 60]  # noqa: E731
+    frames = torch.cat((blob_frame(a), blob_frame(b)))
+    boxes = torch.tensor([box(*p) for p in a + b])
+    est = engine()
+    both = est(frames, boxes, counts=[2, 1])
+    torch.testing.assert_close(both[:2], est(frames[:1], boxes[:2]), rtol=0, atol=0)
+    torch.testing.assert_close(both[2:], est(frames[1:], boxes[2:]), rtol=0, atol=0)
+    assert (both[:, 0, :2] - torch.tensor(a + b)).norm(dim=-1).max() < 0.05
+    with pytest.raises(ValueError, match="do not match counts"):
+        est(frames, boxes, counts=[1, 1])
+
+
+def test_real_network_runs_on_a_frame_and_leaves_the_callers_model_alone():
     torch.manual_seed(0)
-    model = POSE.build_model()
-    out = PoseEngine(model, POSE, EngineConfig())(
+    model = POSE.build_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = PoseEstimator(model, POSE, EngineConfig())(
         blob_frame([(200.0, 180.0)]), torch.tensor([[150.0, 100.0, 250.0, 260.0]])
     )
     assert out.shape == (1, 17, 3) and torch.isfinite(out).all()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_bad_engine_settings_are_refused():
@@ -196,7 +206,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 )
 def test_gpu_paths_match_eager_fp32_within_half_a_pixel(backend, half):
     points = [(100.0 + 50 * i, 100.0 + 30 * i) for i in range(6)]
-    boxes = torch.tensor([[x - 40, y - 60, x + 40, y + 60] for x, y in points])
+    boxes = torch.tensor([[x - 40, y - 60, x + 40, y + 60] for x, y in points]).cuda()
     frame = blob_frame(points).cuda()
     reference = engine(device="cuda")(frame, boxes)
     out = engine(backend, device="cuda", half=half)(frame, boxes)
@@ -205,14 +215,30 @@ def test_gpu_paths_match_eager_fp32_within_half_a_pixel(backend, half):
 
 @pytest.mark.cuda
 @cuda
+def test_gpu_fp16_crops_at_1080p_land_within_a_tenth_of_a_pixel_of_fp32():
+    # Far from the origin fp16 spacing is 0.5-1 px; the crop geometry must stay float32.
+    points = [(1500.3 + 60 * i, 900.7 + 25 * i) for i in range(5)]
+    boxes = torch.tensor([[x - 40, y - 60, x + 40, y + 60] for x, y in points]).cuda()
+    frame = blob_frame(points, size=(1080, 1920)).cuda()
+    fp32 = engine(device="cuda")(frame, boxes)
+    fp16 = engine(device="cuda", half=True)(frame, boxes)
+    err = (fp16[..., :2] - fp32[..., :2]).norm(dim=-1)
+    assert err.max() < 0.1, err.max()
+    assert (fp32[:, 0, :2] - torch.tensor(points).cuda()).norm(dim=-1).max() < 0.05
+
+
+@pytest.mark.cuda
+@cuda
 def test_gpu_real_network_fp16_and_compile_agree_with_fp32():
     torch.manual_seed(0)
     model = POSE.build_model()
     frame = blob_frame([(200.0, 180.0)]).cuda()
-    boxes = torch.tensor([[150.0, 100.0, 250.0, 260.0], [100.0, 50.0, 300.0, 300.0]])
-    ref = PoseEngine(model, POSE, EngineConfig(device="cuda"))
-    half = PoseEngine(model, POSE, EngineConfig(device="cuda", half=True, backend="compile"))
-    a, b = ref.crop(frame, boxes), half.crop(frame, boxes)
-    ref.infer(a)
-    half.infer(b)
-    assert (a.heatmaps - b.heatmaps).abs().max() < 2e-2 * a.heatmaps.abs().max()
+    boxes = torch.tensor([[150.0, 100.0, 250.0, 260.0], [100.0, 50.0, 300.0, 300.0]]).cuda()
+    ref = PoseEstimator(model, POSE, EngineConfig(device="cuda", decoder="argmax", blur_kernel=0))
+    half = PoseEstimator(
+        model, POSE, EngineConfig(device="cuda", half=True, backend="compile", decoder="argmax",
+                                  blur_kernel=0, batch_buckets=(1, 2, 4)),
+    )  # fmt: skip
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    a, b = ref(frame, boxes), half(frame, boxes)
+    assert (a[..., 2] - b[..., 2]).abs().max() < 2e-2 * a[..., 2].abs().max()

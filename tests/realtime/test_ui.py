@@ -241,7 +241,7 @@ def test_port_rule_flag_then_environment_then_7860():
 def test_settings_rebuild_only_what_they_change(pipeline, options, tmp_path):
     models = SharedModels(pipeline, options.pose)
     before = models.loaded
-    network = before.engine.network
+    network = before.engine.model
 
     models.configure(Controls(options.pose, det_every=3, flip_test=True, decoder="parabola",
                               temporal="softnms"))  # fmt: skip
@@ -250,10 +250,10 @@ def test_settings_rebuild_only_what_they_change(pipeline, options, tmp_path):
 
     models.configure(Controls(options.pose, 3, flip_test=False, decoder="dark", temporal="none"))
     engine = models.loaded.engine
-    assert engine is not before.engine and engine.network is network  # no weights reload
+    assert engine is not before.engine and engine.model is network  # no weights reload
     assert (engine.config.flip_test, engine.config.decoder) == (False, "dark")
-    fresh = models.new_pipeline()
-    assert fresh.temporal is None and fresh.config.det_every == 3 and fresh.engine is engine
+    fresh = models.new_pipeline().pipeline
+    assert fresh.temporal is None and fresh.config.det_every == 3 and fresh.estimator is engine
     assert fresh.detector is pipeline.detector
 
     app = PoseApp(models, UiConfig(), tmp_path)

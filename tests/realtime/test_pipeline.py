@@ -1,0 +1,223 @@
+"""The pipeline's own logic on a perfect toy pose model: detection every N frames, score and box
+filtering, micro-batches, reset, broken inputs, and its one device->host copy."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from toys import DotFinder, SpreadFinder, blob_frame
+
+from ccm.checkpoint import PoseConfig
+from realtime.detector import boxes_from_keypoints
+from realtime.engine import EngineConfig, PoseEstimator
+from realtime.pipeline import PipelineConfig, PosePipeline
+from realtime.sources import Frame
+from realtime.temporal import TemporalConfig, TemporalFusion
+
+POSE = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+POINTS = [(120.3, 150.6), (300.8, 200.2), (401.5, 95.0)]
+
+
+def box(x: float, y: float) -> list[float]:
+    return [x - 40, y - 70, x + 50, y + 60]
+
+
+class FakeDetector:
+    """Fixed boxes and scores for every frame; remembers which frames it saw."""
+
+    def __init__(self, boxes: list[list[float]], scores: list[float]) -> None:
+        self.boxes = torch.tensor(boxes)
+        self.scores = torch.tensor(scores)
+        self.calls = 0
+
+    def __call__(self, image: np.ndarray):
+        assert image.shape == (360, 480, 3) and image.dtype == np.uint8
+        self.calls += 1
+        return self.boxes.clone(), self.scores.clone()
+
+
+def frame(index: int, points=POINTS, shift: float = 0.0) -> Frame:
+    moved = [(x + shift, y) for x, y in points]
+    image = blob_frame(moved)[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return Frame(index, index / 10, np.ascontiguousarray(image), 0.0)
+
+
+def pipeline(detector, config=None, network=None, temporal=None) -> PosePipeline:
+    estimator = PoseEstimator(
+        network or DotFinder(), POSE, EngineConfig(decoder="dark", blur_kernel=0)
+    )
+    return PosePipeline(detector, estimator, temporal, config or PipelineConfig())
+
+
+def test_every_person_is_found_where_the_frame_shows_them():
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    result = pipeline(det)(frame(0))
+    assert len(result.poses) == 3 and result.people == 3 and result.batch == 1
+    # Best first: the person score is the box score times the mean keypoint score.
+    assert np.all(np.diff(result.poses.scores.numpy()) <= 0)
+    found = result.poses.keypoints[:, 0, :2].numpy()
+    for p in POINTS:
+        assert np.linalg.norm(found - np.array(p), axis=1).min() < 0.2
+    torch.testing.assert_close(result.poses.boxes, torch.tensor([box(*p) for p in POINTS]))
+    assert set(result.timings) == {"detect", "crop", "pose", "refine", "fuse"}
+
+
+def test_detection_every_n_frames_takes_boxes_from_the_previous_poses():
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    pipe = pipeline(det, PipelineConfig(det_every=3, nms="none"), network=SpreadFinder())
+    results = [pipe(frame(i, shift=2.0 * i)) for i in range(7)]
+    assert det.calls == 3  # frames 0, 3 and 6
+    for i in (1, 2, 4, 5):
+        expected = boxes_from_keypoints(
+            results[i - 1].poses.keypoints, 0.3, image_size=(360, 480)
+        ).numpy()
+        got = results[i].poses.boxes.numpy()
+        assert len(got) == 3
+        # The boxes of this frame are those of the last poses (in the order of their scores).
+        assert (
+            min(np.abs(got - expected[list(p)]).max() for p in itertools.permutations(range(3)))
+            < 1e-4
+        )
+        # The moving blobs are followed through the frames without detection.
+        found = results[i].poses.keypoints[:, 0, :2].numpy()
+        for x, y in POINTS:
+            assert np.linalg.norm(found - np.array((x + 2.0 * i, y)), axis=1).min() < 0.3
+
+
+def test_people_below_the_score_threshold_and_broken_boxes_are_dropped():
+    boxes = [box(*POINTS[0]), box(*POINTS[1]), [np.nan, 0, 50, 50], [10, 10, 10.5, 300],
+             [-np.inf, 5, np.inf, 400]]  # fmt: skip
+    det = FakeDetector(boxes, [0.9, 0.01, 0.9, 0.9, 0.9])
+    result = pipeline(det, PipelineConfig(min_pose_score=0.05, nms="none"))(frame(0))
+    # The second person scores 0.01 x ~0.9; the NaN box and the half-pixel-wide one take no part.
+    # The infinite box is clipped to the frame (a region that holds every blob).
+    kept = result.poses.boxes.numpy()
+    assert len(kept) == 2
+    np.testing.assert_allclose(kept[0], box(*POINTS[0]), atol=1e-5)
+    np.testing.assert_allclose(kept[1], [0, 5, 480, 360], atol=1e-5)
+    assert np.isfinite(result.poses.keypoints.numpy()).all()
+
+
+def test_a_network_that_gives_nan_is_an_error_not_an_empty_frame():
+    class Broken(DotFinder):
+        def forward(self, x):
+            return super().forward(x) * torch.nan
+
+    det = FakeDetector([box(*POINTS[0])], [0.9])
+    with pytest.raises(RuntimeError, match="NaN or infinite keypoints"):
+        pipeline(det, network=Broken())(frame(0))
+
+
+def test_gray_and_rgba_frames_are_posed_like_rgb():
+    det = FakeDetector([box(*POINTS[0])], [0.9])
+    rgb = frame(0)
+    plain = pipeline(det)(rgb).poses.keypoints
+    rgba = np.concatenate([rgb.image, np.full((*rgb.image.shape[:2], 1), 255, np.uint8)], 2)
+    torch.testing.assert_close(pipeline(det)(Frame(0, 0.0, rgba, 0.0)).poses.keypoints, plain)
+    gray = rgb.image[..., 0]  # the blobs are in the red channel; gray copies it to all three
+    out = pipeline(det)(Frame(0, 0.0, gray, 0.0)).poses.keypoints
+    assert (out[0, 0, :2] - torch.tensor(POINTS[0])).norm() < 0.2
+    with pytest.raises(ValueError, match=r"frame 0: expected a uint8 image array"):
+        pipeline(det)(Frame(0, 0.0, rgb.image.astype(np.float32), 0.0))
+
+
+def test_micro_batches_give_the_results_of_one_frame_at_a_time():
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    frames = [frame(i, shift=3.0 * i) for i in range(5)]
+    temporal = TemporalConfig()
+    one = pipeline(det, PipelineConfig(batch_size=1), temporal=TemporalFusion(temporal))
+    many = pipeline(det, PipelineConfig(batch_size=4), temporal=TemporalFusion(temporal))
+    single = list(one.stream(frames))
+    batched = list(many.stream(frames))
+    assert [r.batch for r in batched] == [4, 4, 4, 4, 1]
+    for a, b in zip(single, batched, strict=True):
+        assert a.frame.index == b.frame.index
+        torch.testing.assert_close(a.poses.keypoints, b.poses.keypoints, rtol=0, atol=1e-4)
+        assert torch.equal(a.poses.track_ids, b.poses.track_ids)
+        assert list(b.poses.track_ids) == [0, 1, 2]
+
+
+def test_reset_forgets_the_stream():
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    pipe = pipeline(det, PipelineConfig(det_every=5), SpreadFinder(), TemporalFusion())
+    pipe(frame(0))
+    pipe(frame(1))
+    assert det.calls == 1
+    pipe.reset()
+    result = pipe(frame(0))  # a new video: pts starts again, and the detector runs again
+    assert det.calls == 2 and list(result.poses.track_ids) == [0, 1, 2]
+
+
+def test_streams_of_several_sessions_share_one_batch():
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    pipe = pipeline(det)
+    a, b = pipe.new_stream(TemporalFusion()), pipe.new_stream(TemporalFusion(), det_every=2)
+    out = pipe.process([frame(0), frame(0, shift=5.0)], [a, b])
+    assert [r.batch for r in out] == [2, 2]
+    assert a.frames == b.frames == 1
+    with pytest.raises(ValueError, match="one frame per call"):
+        pipe.process([frame(1), frame(2)], [b, b])
+
+
+def test_after_detection_the_frame_reaches_the_host_in_one_copy(monkeypatch):
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    pipe = pipeline(det, PipelineConfig(nms="softnms"))
+    calls: list[str] = []
+    original_detect = pipe._detect
+
+    def detect(*args):
+        out = original_detect(*args)
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+            real = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, _counting(real, name, calls))
+        return out
+
+    monkeypatch.setattr(pipe, "_detect", detect)
+    result = pipe(frame(0))
+    monkeypatch.undo()
+    assert len(result.poses) == 3
+    assert calls == ["numpy"]  # the packed result, once; nothing else asked the device
+
+
+def _counting(real, name, calls):
+    def wrapper(self, *args, **kwargs):
+        calls.append(name)
+        return real(self, *args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_pipeline_syncs_only_for_its_one_copy():
+    import warnings
+
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    det.boxes, det.scores = det.boxes.cuda(), det.scores.cuda()  # as a GPU detector returns
+    estimator = PoseEstimator(
+        DotFinder(), POSE, EngineConfig(device="cuda", decoder="dark", blur_kernel=0)
+    )
+    pipe = PosePipeline(det, estimator, TemporalFusion(), PipelineConfig())
+    pipe(frame(0))  # warm-up: allocations, pinned buffers
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = pipe(frame(1, shift=1.0))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) == 1, syncs  # the copy of the packed result
+    assert len(result.poses) == 3
+
+
+def test_unused_config_value_is_refused():
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        PipelineConfig(batch_size=0)
+    assert PoseConfig("ccm_mobilenetv2").heatmap_mapping == "pixel-center"
