@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 
+from realtime.engine import autocast, resolve_precision
 from realtime.offline import configure_offline
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class DetectorConfig:
         max_det: most boxes kept per frame.
         device: "cpu", "cuda", "cuda:1", ...; None takes the first GPU when there is one.
         half: fp16 inference on CUDA (ignored on the CPU).
+        precision: "auto" (bf16 autocast on a CPU with AMX / AVX512-BF16, fp16 on CUDA with
+            `half`, else fp32), "fp32" (ultralytics' own predictor's numbers) or "bf16".
     """
 
     weights: str | Path = "yolo11n.pt"
@@ -71,8 +74,11 @@ class DetectorConfig:
     max_det: int = 100
     device: str | None = None
     half: bool = True
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"detector precision must be auto, fp32 or bf16, got {self.precision}")
         if not 0.0 <= self.conf <= 1.0:
             raise ValueError(f"conf must be in [0, 1], got {self.conf}")
         if not 0.0 <= self.iou <= 1.0:
@@ -156,6 +162,7 @@ class PersonDetector:
             self.config = dataclasses.replace(config, imgsz=trained_size(self.model.overrides))
             log.info("detector input size %d (as trained)", self.config.imgsz)
         self.half = config.half and self.device.type == "cuda"
+        self.precision = "fp16" if self.half else resolve_precision(config.precision, self.device)
         self.stride = max(int(self.model.model.stride.max()), 32)
         self._classes = len(self.model.names)
         self._network: torch.nn.Module | None = None
@@ -212,7 +219,11 @@ class PersonDetector:
         if len(images) == 0:
             return []
         batch = self._letterbox(images)
-        prediction = self.network(batch)
+        with autocast(self.device, self.precision):
+            prediction = self.network(batch)
+        if isinstance(prediction, tuple | list):  # (predictions, raw head outputs) in eval
+            prediction = prediction[0]
+        prediction = prediction.float()
         kept = self._nms(prediction)
         height, width = images.shape[-2:]
         out = []

@@ -18,6 +18,8 @@ frame sampled in float32, and only the normalised crops are cast (fp16 centres w
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import inspect
 import itertools
@@ -30,25 +32,59 @@ import torch
 from torch import Tensor, nn
 
 from ccm.checkpoint import PoseConfig
+from ccm.fold import fold_batch_norms
 from ccm.geometry import box_to_center_scale, warp_crops
 from ccm.refine import DECODE_METHODS
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("eager", "compile", "tensorrt")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Lap = Callable[[str], None]  # a stage timer's `lap(stage)`
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix work natively (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str | torch.device, half: bool = False) -> str:
+    """ "auto" -> what suits the device: bf16 on a CPU with AMX / AVX512-BF16, else fp32 on the
+    CPU; on CUDA fp16 with `half`, else fp32. Any other value is returned as it is."""
+    if precision != "auto":
+        return precision
+    if half:
+        return "fp16"
+    cpu = torch.device(device).type == "cpu"
+    return "bf16" if cpu and cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for `precision` ("bf16": convolutions and matmuls in bf16, the rest
+    in fp32), or a no-op."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """How to run the pose network. `flip_alpha` None takes the checkpoint's SSP alpha."""
+    """How to run the pose network. `flip_alpha` None takes the checkpoint's SSP alpha.
+
+    `precision`: "fp32", "fp16" (CUDA; weights in fp16), "bf16" (autocast) or "auto"
+    (`resolve_precision`); `half` is the same as "fp16"."""
 
     backend: str = "eager"
     device: str = "cpu"
     half: bool = False
+    precision: str = "auto"
     flip_test: bool = True
     flip_alpha: float | None = None
     decoder: str = "parabola"
@@ -61,13 +97,21 @@ class EngineConfig:
             raise ValueError(f"unknown backend {self.backend!r}; choose from {BACKENDS}")
         if self.decoder not in DECODE_METHODS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose from {DECODE_METHODS}")
-        if self.half and not str(self.device).startswith("cuda"):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
+        if self.half and self.precision not in ("auto", "fp16"):
+            raise ValueError(f"half asks for fp16 but precision is {self.precision}")
+        if self.resolved_precision == "fp16" and not str(self.device).startswith("cuda"):
             raise ValueError("fp16 needs a CUDA device")
         if self.backend == "tensorrt" and not str(self.device).startswith("cuda"):
             raise ValueError("the tensorrt backend needs a CUDA device")
         buckets = list(self.batch_buckets)
         if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
             raise ValueError(f"batch buckets must be increasing and >= 1, got {self.batch_buckets}")
+
+    @property
+    def resolved_precision(self) -> str:
+        return resolve_precision(self.precision, self.device, self.half)
 
 
 class _Decoder(nn.Module):
@@ -104,12 +148,15 @@ class PoseEstimator:
         self.config = config
         self.model = model
         self.device = torch.device(config.device)
-        self.dtype = torch.float16 if config.half else torch.float32
+        self.precision = config.resolved_precision
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
         self.codec = pose.codec(config.decoder, config.blur_kernel, config.flip_alpha)
         shape = (1, 3, 1, 1)
         self._mean = (torch.tensor(IMAGENET_MEAN) * 255).view(shape).to(self.device)
         self._std = (torch.tensor(IMAGENET_STD) * 255).view(shape).to(self.device)
-        network = _device_copy(model, self.device, self.dtype)
+        network = _inference_copy(model, pose, self.device, self.dtype)
+        if self.device.type == "cpu":  # oneDNN's fast convolutions are channels-last
+            network = network.to(memory_format=torch.channels_last)
         decoder = _Decoder(self.codec, config.flip_test)
         if config.backend == "eager":
             self._network, self._decode = network, decoder
@@ -180,7 +227,8 @@ class PoseEstimator:
             owner = owner + [owner[-1]] * pad
         crops, center, scale = self._crops(images, boxes, owner)
         _lap(lap, "crop")
-        heatmaps = self._network(crops)
+        with autocast(self.device, self.precision):
+            heatmaps = self._network(crops)
         if self.config.backend == "compile":
             # CUDA-graph outputs are overwritten by the next replay: take a copy before returning.
             heatmaps = heatmaps.clone()
@@ -206,6 +254,8 @@ class PoseEstimator:
             # A mirrored crop of a region is the crop mirrored: no second warp needed.
             crops = torch.cat((crops, crops.flip(-1)))
         crops = ((crops - self._mean) / self._std).to(self.dtype)
+        if self.device.type == "cpu":
+            crops = crops.contiguous(memory_format=torch.channels_last)
         return crops, center, scale
 
     def warm_up(self, progress: Callable[[int, int], None] | None = None) -> None:
@@ -238,14 +288,20 @@ def _lap(lap: Lap | None, stage: str) -> None:
         lap(stage)
 
 
-def _device_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The network in eval mode on `device` in `dtype`, leaving the caller's module as it was."""
-    params = list(model.parameters())
-    if params and params[0].device == device and params[0].dtype == dtype:
-        return model.eval()
-    import copy
-
-    return copy.deepcopy(model).eval().to(device, dtype)
+def _inference_copy(
+    model: nn.Module, pose: PoseConfig, device: torch.device, dtype: torch.dtype
+) -> nn.Module:
+    """A copy of the network for inference: batch norms folded into the convolutions (checked
+    on a random batch), in eval mode, on `device` in `dtype`. The caller's module is left as it
+    was (its training flag aside)."""
+    param = next(model.parameters(), None)
+    example = torch.randn(
+        2, 3, *pose.input_size, device=param.device if param is not None else "cpu"
+    )
+    network = fold_batch_norms(model, example)
+    if network is model:
+        network = copy.deepcopy(model)
+    return network.eval().to(device, dtype)
 
 
 def _allow_recompiles(buckets: int) -> None:
@@ -288,7 +344,7 @@ def _tensorrt_module(
         ) from err
     h, w = pose.input_size
     max_batch = config.batch_buckets[-1] * per_person
-    dtype = torch.float16 if config.half else torch.float32
+    dtype = torch.float16 if config.resolved_precision == "fp16" else torch.float32
     tag = tensorrt_cache_key(model, pose, dtype, config.device, max_batch)
     cache_dir = Path(config.cache_dir or Path.home() / ".cache" / "ccm-pose" / "tensorrt")
     path = cache_dir / f"{tag}.ep"

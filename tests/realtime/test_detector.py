@@ -75,7 +75,9 @@ def detector(network_attempts: list[str]) -> PersonDetector:
     some anchors (class 0 at ~5% of the boxes that survive NMS).
     """
     torch.manual_seed(0)
-    config = DetectorConfig(weights="yolo11n.yaml", conf=0.0, iou=0.7, imgsz=IMGSZ, max_det=3000)
+    config = DetectorConfig(
+        weights="yolo11n.yaml", conf=0.0, iou=0.7, imgsz=IMGSZ, max_det=3000, precision="fp32"
+    )  # ultralytics' predictor runs fp32 on the CPU: the same numbers
     det = PersonDetector(config)
     with torch.no_grad():
         for m in det.model.model.modules():
