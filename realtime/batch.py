@@ -1,18 +1,19 @@
 """Batch processing of video files: each input -> a rendered H.264 mp4 and a JSON Lines file.
 
-For input `clip.mp4` the outputs are `OUT/clip.mp4` and `OUT/clip.jsonl`, both written to a temp
-file and renamed only when the whole video succeeded. Rendering and encoding run on a worker
-thread, so the device works on frame t+1 while frame t is drawn and encoded.
+For an input named `sub/clip` (see `realtime.inputs`) the outputs are `OUT/sub/clip.mp4` and
+`OUT/sub/clip.jsonl`, both written to a temp file and renamed only when the whole video
+succeeded: a video that fails part-way (a cut-off file, a decoder error, a full disk, Ctrl-C)
+leaves nothing under its final names. Rendering and encoding run on a worker thread, so the
+device works on frame t+1 while frame t is drawn and encoded.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,16 +26,16 @@ from realtime.sources import open_source
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv"}
-)
-
 Renderer = Callable[[np.ndarray, FramePoses, float | None, float | None], np.ndarray]
+
+# Errors whose message says it all; any other kind is named in the report.
+_PLAIN_ERRORS = (ValueError, RuntimeError, OSError)
 
 
 @dataclass
 class VideoReport:
-    """What happened to one input. `error` is None on success."""
+    """What happened to one input. `error` is None on success; `frames` counts the frames
+    processed (on failure: how far it got)."""
 
     source: Path
     video: Path | None = None
@@ -50,25 +51,17 @@ class VideoReport:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def expand_inputs(specs: Iterable[str | Path]) -> list[Path]:
-    """Files, folders (their videos, sorted) and glob patterns -> input paths, in order, unique.
-
-    A spec that matches nothing is kept as given, so it is reported as missing later.
-    """
-    paths: list[Path] = []
-    for spec in specs:
-        text = str(spec)
-        if any(ch in text for ch in "*?["):
-            paths += [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-        elif Path(text).is_dir():
-            paths += sorted(p for p in Path(text).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-        else:
-            paths.append(Path(text))
-    return list(dict.fromkeys(paths))
+def output_paths(name: str, out_dir: Path) -> tuple[Path, Path]:
+    """The rendered video and the JSONL of the input with output name `name` ("sub/clip")."""
+    return out_dir / f"{name}.mp4", out_dir / f"{name}.jsonl"
 
 
-def output_paths(source: Path, out_dir: Path) -> tuple[Path, Path]:
-    return out_dir / f"{source.stem}.mp4", out_dir / f"{source.stem}.jsonl"
+def describe_error(err: BaseException, source: Path | str) -> str:
+    """A one-line reason, without the input's name in front (the caller names it)."""
+    text = str(err).removeprefix(f"{source}: ")
+    if not isinstance(err, _PLAIN_ERRORS) or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text
 
 
 def process_video(
@@ -78,20 +71,23 @@ def process_video(
     render: Renderer,
     progress: Callable[[int, int | None], None] | None = None,
     skip_existing: bool = False,
+    name: str | None = None,
 ) -> VideoReport:
     """Run the pipeline over every frame of `source` (no frame dropped) and write both outputs.
 
     Never raises for a bad input: the reason is in the report. `progress(done, total)` is called
-    after each frame (total None when the container does not say).
+    after each frame (total None when the container does not say). `name` is the output name
+    (default: the file's stem). KeyboardInterrupt and the like pass through, after the
+    partial outputs are removed.
     """
-    video_path, jsonl_path = output_paths(source, out_dir)
+    video_path, jsonl_path = output_paths(name or source.stem, out_dir)
     report = VideoReport(source)
     if skip_existing and video_path.is_file() and jsonl_path.is_file():
         report.video, report.jsonl, report.skipped = video_path, jsonl_path, True
         return report
     start = time.perf_counter()
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        video_path.parent.mkdir(parents=True, exist_ok=True)
         with open_source(source, realtime=False) as frames:
             info = frames.info
             pipeline.reset()
@@ -112,7 +108,11 @@ def process_video(
         report.video, report.jsonl = video_path, jsonl_path
     except Exception as err:  # a bad input is reported, never aborts the batch
         logger.debug("failed on %s", source, exc_info=True)
-        report.error = f"{type(err).__name__}: {err}"
+        report.error = describe_error(err, source)
+        if report.frames:
+            if "reading failed after" not in report.error:
+                report.error += f" (stopped after {report.frames} frames)"
+            report.error += "; nothing written"
     report.seconds = time.perf_counter() - start
     return report
 
@@ -133,15 +133,18 @@ class OutputWorker:
         self._thread.start()
 
     def put(self, result: FrameResult) -> None:
-        if self._error is not None:
-            raise RuntimeError("writing the outputs failed") from self._error
+        self._raise_error()
         self._queue.put(result)
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
         if self._error is not None:
-            raise RuntimeError("writing the outputs failed") from self._error
+            err = self._error
+            raise RuntimeError(f"writing the outputs failed: {describe_error(err, '')}") from err
 
     def mean_stage_ms(self) -> dict[str, float]:
         return {k: v / max(self._count, 1) for k, v in self._totals.items()}
