@@ -83,8 +83,8 @@ def process_images(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 report.rendered = write_image(target, render(image, poses, None, None))
                 image_id = len(coco_images) + 1
-                poses_out.write(item.name, report.width, report.height, poses)
                 coco.write(image_id, poses)
+                poses_out.write(item.name, report.width, report.height, poses)
                 coco_images.append(
                     {"id": image_id, "file_name": item.name,
                      "width": report.width, "height": report.height}
@@ -93,6 +93,9 @@ def process_images(
             except Exception as err:  # a bad image is reported, never aborts the rest
                 logger.debug("failed on %s", item.path, exc_info=True)
                 report.error = describe_error(err, item.path)
+                if report.rendered is not None:  # no output for an image that failed
+                    report.rendered.unlink(missing_ok=True)
+                    report.rendered = None
             reports.append(report)
             if progress is not None:
                 progress(report)

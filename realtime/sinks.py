@@ -414,7 +414,7 @@ class CocoResultsWriter(_AtomicTextWriter):
         kpts = np.concatenate(
             [np.round(kpts[..., :2], PIXEL_DECIMALS), np.round(kpts[..., 2:], SCORE_DECIMALS)],
             axis=-1,
-        ).reshape(len(p), -1)
+        ).reshape(len(p), 3 * p.num_keypoints)
         scores = np.round(p.scores.astype(np.float64), SCORE_DECIMALS)
         if not (np.isfinite(kpts).all() and np.isfinite(scores).all()):
             raise ValueError(f"{self.path}: image {image_id} has NaN or inf keypoints or scores")

@@ -34,6 +34,8 @@ class SquarePoser:
         assert image.flags.c_contiguous and (frame.index, frame.pts) == (0, 0.0)
         self.calls.append("call")
         ys, xs = np.nonzero(image.min(axis=2) == 255)
+        if len(xs) == 0:
+            return FrameResult(frame, FramePoses.empty(0, 0.0))
         x, y = float(xs.mean()), float(ys.mean())
         poses = FramePoses(
             0, 0.0,
@@ -80,6 +82,7 @@ def image_folder(tmp_path: Path) -> Path:
     exif = pil.getexif()
     exif[0x0112] = 6
     pil.save(root / "sub" / "turned.png", exif=exif)
+    cv2.imwrite(str(root / "empty.bmp"), np.full((6, 5, 3), 40, np.uint8))  # nobody in it
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut off")
     (root / "notes.txt").write_text("not an image")
     return root
@@ -94,19 +97,20 @@ def test_image_folder_posed_image_by_image(tmp_path: Path, image_folder: Path):
     assert seen == reports
     by_name = {r.name: r for r in reports}
     assert list(by_name) == [
-        "a.png", "broken.png", "deep16.png", "gray.png", "rgba.png",
+        "a.png", "broken.png", "deep16.png", "empty.bmp", "gray.png", "rgba.png",
         "sub/lossless.webp", "sub/photo.jpg", "sub/turned.png",
     ]  # fmt: skip
     assert by_name["broken.png"].error.startswith("not a readable image")
     assert [r.name for r in reports if r.error] == ["broken.png"]
     # Each image on its own: the pipeline is reset before every image that was read.
-    assert pipeline.calls == ["reset", "call"] * 7
+    assert pipeline.calls == ["reset", "call"] * 8
 
     lines = [json.loads(line) for line in (out / POSES_FILE).read_text().splitlines()]
     assert [line["image"] for line in lines] == [n for n in by_name if n != "broken.png"]
     sizes = {line["image"]: (line["width"], line["height"]) for line in lines}
     assert sizes == {
-        "a.png": (30, 20), "deep16.png": (30, 20), "gray.png": (24, 16), "rgba.png": (30, 20),
+        "a.png": (30, 20), "deep16.png": (30, 20), "empty.bmp": (5, 6), "gray.png": (24, 16),
+        "rgba.png": (30, 20),
         "sub/lossless.webp": (30, 20), "sub/photo.jpg": (32, 24), "sub/turned.png": (20, 30),
     }  # fmt: skip
     # Square centres (top-left + 1.5) in the image as displayed; turned.png's (3, 5) top-left
@@ -116,6 +120,8 @@ def test_image_folder_posed_image_by_image(tmp_path: Path, image_folder: Path):
         "rgba.png": (21.5, 13.5), "sub/lossless.webp": (2.5, 2.5), "sub/photo.jpg": (9.5, 9.5),
         "sub/turned.png": (12.5, 4.5),
     }  # fmt: skip
+    assert lines[2] == {"image": "empty.bmp", "width": 5, "height": 6, "poses": []}
+    del lines[2]
     for line in lines:
         (pose,) = line["poses"]
         assert pose["track_id"] == -1 and pose["score"] == 0.9
@@ -125,10 +131,9 @@ def test_image_folder_posed_image_by_image(tmp_path: Path, image_folder: Path):
 
     coco = json.loads((out / COCO_RESULTS_FILE).read_text())
     images = json.loads((out / COCO_IMAGES_FILE).read_text())["images"]
-    assert [(i["id"], i["file_name"]) for i in images] == [
-        (k + 1, line["image"]) for k, line in enumerate(lines)
-    ]
-    assert [r["image_id"] for r in coco] == list(range(1, 8))
+    # image_id = line number in poses.jsonl; the empty image (line 3) has no result.
+    assert [(i["id"], i["file_name"]) for i in images] == list(enumerate(sizes, start=1))
+    assert [r["image_id"] for r in coco] == [1, 2, 4, 5, 6, 7, 8]
     for result, line in zip(coco, lines, strict=True):
         assert result["category_id"] == 1 and result["score"] == 0.9
         flat = [v for kp in line["poses"][0]["keypoints"] for v in kp]
@@ -156,4 +161,4 @@ def test_interrupt_keeps_rendered_images_and_drops_the_unfinished_json(
     with pytest.raises(KeyboardInterrupt):
         process_images(found.files, out, SquarePoser(), render_frame, stop_at_gray)
     left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert left == ["a.png", "deep16.png", "gray.png"]
+    assert left == ["a.png", "deep16.png", "empty.bmp", "gray.png"]

@@ -405,3 +405,11 @@ def test_image_poses_writer_uses_the_video_pose_schema(tmp_path: Path):
         round(float(keypoints[0, 3, 2]), 4),
     ]  # fmt: skip
     assert lines[1] == {"image": "b.png", "width": 3, "height": 2, "poses": []}
+
+
+def test_coco_results_writer_takes_a_frame_without_people(tmp_path: Path):
+    with CocoResultsWriter(tmp_path / "r.json") as writer:
+        writer.write(1, FramePoses.empty(0, 0.0))
+        writer.write(2, FramePoses.empty(1, 0.1).numpy())
+        assert len(writer) == 0
+    assert json.loads((tmp_path / "r.json").read_text()) == []
