@@ -1,24 +1,33 @@
 """ccm-pose: real-time multi-person pose estimation for video.
 
     python app.py video [IN ...] [--out DIR]   render poses into videos and write JSON Lines
+    python app.py images IN ... [--out DIR]    pose still images: JSON Lines, COCO results
     python app.py ui [--port N]                browser demo: live webcam and video upload
     python app.py bench [--source FILE]        time every stage and the whole loop
     python app.py weights list|fetch|import|verify   known checkpoints, downloads, conversion
 
-Every command runs with no flags on the bundled demo clip (realtime/samples/synthetic_walk.mp4)
-and the demo weights in weights/; `python app.py CMD --help` explains each option.
+Every command but `images` runs with no flags on the bundled demo clip
+(realtime/samples/synthetic_walk.mp4) and the demo weights in weights/; `python app.py CMD --help`
+explains each option and shows its default. `torchrun --nproc-per-node N app.py video ...`
+splits the inputs across N processes, one GPU each.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
+import re
+import signal
 import sys
 from pathlib import Path
 
 from realtime.offline import configure_offline
 
 configure_offline()  # before ultralytics or gradio is imported
+
+from tqdm import tqdm  # noqa: E402
 
 from ccm.refine import DECODE_METHODS  # noqa: E402
 from realtime.assemble import PipelineOptions, build_pipeline  # noqa: E402
@@ -33,7 +42,7 @@ from realtime.weights import add_weights_commands  # noqa: E402
 logger = logging.getLogger("ccm-pose")
 
 
-def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = True) -> None:
     models = parser.add_argument_group("models")
     models.add_argument(
         "--pose",
@@ -96,6 +105,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         help="detector input size (multiple of 32); default: the size its weights were trained "
         "at (640 for the COCO YOLO models)",
     )
+    if not temporal:
+        parser.set_defaults(temporal="none")
+        return
     track = parser.add_argument_group("tracking")
     track.add_argument(
         "--temporal",
@@ -135,40 +147,273 @@ def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
     )
 
 
+class UsageError(Exception):
+    """A problem the user can fix; main() prints its message as one line and exits 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; raised in the main thread so every `with` cleans up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+def install_signal_handlers() -> dict[int, object]:
+    """Turn the first SIGINT / SIGTERM into `Interrupted`; later ones are ignored so the
+    clean-up they interrupt can finish. Returns the previous handlers."""
+    stopping = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def check_device(device: str) -> str:
+    """`--device` as torch reads it, or a UsageError saying what to use instead."""
+    import torch
+
+    if device == "auto":
+        return device
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+                f"{'no CUDA build' if torch.version.cuda is None else 'no usable GPU'}); "
+                "use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise UsageError(
+                f"--device {device}: this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    elif parsed.type != "cpu":
+        raise UsageError(f"--device {device}: only cpu and cuda devices are supported")
+    return device
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: a file is in the way; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot create the folder: {err.strerror or err}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: the folder is not writable; choose another with --out")
+
+
+def load_pipeline(options: PipelineOptions):
+    """`build_pipeline`, with a failure to load either model turned into one line that names
+    the flag to fix."""
+    try:
+        return build_pipeline(options)
+    except (KeyboardInterrupt, UsageError):
+        raise
+    except Exception as err:
+        logger.debug("loading the models failed", exc_info=True)
+        if _raised_in(err, ("realtime/detector.py", "ultralytics")):
+            flag = f"--detector {options.detector}" if options.detector else "the default detector"
+            hint = "give YOLO detection weights (.pt) or a model .yaml"
+        else:
+            flag = f"--pose {options.pose}" if options.pose else "the default pose checkpoint"
+            hint = "give a pose checkpoint (.safetensors); see `app.py weights list`"
+        raise UsageError(f"{flag}: cannot load it: {describe(err)}; {hint}") from err
+
+
+def _raised_in(err: BaseException, places: tuple[str, ...]) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
+        if any(place in filename for place in places):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def describe(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = re.sub(r"^ERROR\W*", "", text)  # ultralytics' own prefix
+    if isinstance(err, (ValueError, OSError, RuntimeError)) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _video_input_problems(found) -> list[tuple[str, str]]:
+    """Arguments that gave nothing, with a hint where one helps; images named to `video`."""
+    from realtime.inputs import IMAGE_SUFFIXES, expand_inputs
+
+    problems = []
+    for spec, why in found.unmatched:
+        if Path(spec).is_dir() and expand_inputs([spec], IMAGE_SUFFIXES).files:
+            why += "; it holds images: use `app.py images`"
+        problems.append((spec, why))
+    return problems
+
+
 def run_video(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from realtime.batch import expand_inputs, process_video
+    from realtime import distributed
+    from realtime.batch import describe_error, process_video
+    from realtime.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs
     from realtime.render import render_frame
+    from realtime.sinks import remove_stale_parts
 
-    inputs = expand_inputs(args.inputs or [SYNTHETIC_WALK])
-    if not inputs:
-        logger.error("no input videos matched %s", args.inputs)
-        return 2
-    pipeline = build_pipeline(pipeline_options(args))
-    failed = 0
-    with tqdm(total=len(inputs), desc="videos", unit="video", position=0) as overall:
-        for source in inputs:
-            with tqdm(desc=source.name, unit="frame", position=1, leave=False) as bar:
+    ranks = distributed.ranks_from_env()
+    check_device(args.device)
+    check_out_dir(args.out)
+    found = expand_inputs(args.inputs or [SYNTHETIC_WALK], VIDEO_SUFFIXES, exclude=args.out)
+    problems = _video_input_problems(found)
+    inputs = []
+    for item in found.files:
+        if item.path.suffix.lower() in IMAGE_SUFFIXES:
+            problems.append((str(item.path), "an image, not a video: use `app.py images`"))
+        else:
+            inputs.append(item)
+    remove_stale_parts(args.out)
+    distributed.start(ranks)
+    tag = f"[{ranks.label}] " if ranks.distributed else ""
+    mine = distributed.shard(inputs, [_size(i.path) for i in inputs], ranks)
+    if ranks.rank == 0:
+        for spec, why in problems:
+            tqdm.write(f"FAILED {spec}: {why}")
+    rows: list[tuple[str, str | None]] = []  # (input, error or None) for the summary
+    state = {"current": None, "frame": 0}
+    try:
+        if mine:
+            options = pipeline_options(args)
+            options = dataclasses.replace(
+                options, device=distributed.rank_device(options.device, ranks)
+            )
+            pipeline = load_pipeline(options)
+        show = not ranks.distributed or ranks.rank == 0
+        with tqdm(total=len(mine), desc=f"{tag}videos", unit="video", disable=not show) as bar:
+            for item in mine:
+                state["current"], state["frame"] = item.path, 0
+                with tqdm(desc=item.path.name, unit="frame", leave=False, disable=not show) as fb:
 
-                def progress(done: int, total: int | None, bar=bar) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
+                    def progress(done: int, total: int | None, fb=fb) -> None:
+                        state["frame"] = done
+                        fb.total = total
+                        fb.update(done - fb.n)
 
-                report = process_video(
-                    source, args.out, pipeline, render_frame, progress, args.skip_existing
-                )
-            overall.update(1)
-            if report.error:
-                failed += 1
-                tqdm.write(f"FAILED {source}: {report.error}")
-            elif report.skipped:
-                tqdm.write(f"skipped {source}: {report.video} and {report.jsonl} exist")
-            else:
-                done = f"{report.frames} frames, {report.fps:.1f} fps"
-                tqdm.write(f"{source} -> {report.video}, {report.jsonl} ({done})")
+                    report = process_video(
+                        item.path, args.out, pipeline, render_frame, progress,
+                        args.skip_existing, name=item.name,
+                    )  # fmt: skip
+                bar.update(1)
+                rows.append((str(item.path), report.error))
+                if report.error:
+                    tqdm.write(f"{tag}FAILED {item.path}: {report.error}")
+                elif report.skipped:
+                    tqdm.write(f"{tag}skipped {item.path}: {report.video} and {report.jsonl} exist")
+                else:
+                    done = f"{report.frames} frames, {report.fps:.1f} fps"
+                    tqdm.write(f"{tag}{item.path} -> {report.video}, {report.jsonl} ({done})")
+            state["current"] = None
+    except Interrupted as stop:
+        where = f" during {state['current']} (frame {state['frame']})" if state["current"] else ""
+        finished = sum(1 for _, error in rows if error is None)
+        tqdm.write(
+            f"{tag}interrupted by {stop.name}{where}: {finished} of {len(mine)} input(s) "
+            "finished and kept, the unfinished one's files removed; run again with "
+            "--skip-existing to go on"
+        )
+        return 128 + stop.signum
+    except UsageError as err:
+        if not ranks.distributed:
+            raise
+        rows = [(str(i.path), describe_error(err, "")) for i in mine]  # tell the others
+        tqdm.write(f"{tag}error: {err}")
+    merged = [row for part in distributed.gather(rows, ranks) for row in part]
+    distributed.stop(ranks)
+    failed = [spec for spec, _ in problems] + [name for name, error in merged if error]
+    total = len(problems) + len(merged)
+    if ranks.rank == 0:
+        if failed:
+            tqdm.write(failed_summary(failed, total))
+        else:
+            spread = f" on {ranks.world_size} processes" if ranks.distributed else ""
+            tqdm.write(f"all {total} inputs done{spread}; outputs in {args.out}")
+    return 1 if failed else 0
+
+
+def failed_summary(failed: list[str], total: int, shown: int = 5) -> str:
+    names = ", ".join(failed[:shown])
+    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
+    return f"{len(failed)} of {total} inputs failed: {names}{more}"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def run_images(args: argparse.Namespace) -> int:
+    from realtime.images import COCO_RESULTS_FILE, POSES_FILE, process_images
+    from realtime.inputs import IMAGE_SUFFIXES, expand_inputs
+    from realtime.render import render_frame
+    from realtime.sinks import remove_stale_parts
+
+    check_device(args.device)
+    check_out_dir(args.out)
+    found = expand_inputs(
+        args.inputs, IMAGE_SUFFIXES, keep_suffix=True, exclude=args.out, kind="image"
+    )
+    for spec, why in found.unmatched:
+        tqdm.write(f"FAILED {spec}: {why}")
+    remove_stale_parts(args.out)
+    failed = [spec for spec, _ in found.unmatched]
+    total = len(found.unmatched) + len(found.files)
+    state = {"done": 0}
+    try:
+        if found.files:
+            options = dataclasses.replace(
+                pipeline_options(args), temporal=TemporalConfig(method="none")
+            )
+            pipeline = load_pipeline(options)
+            with tqdm(total=len(found.files), desc="images", unit="image") as bar:
+
+                def progress(report) -> None:
+                    state["done"] += 1
+                    bar.update(1)
+                    if report.error:
+                        failed.append(str(report.source))
+                        tqdm.write(f"FAILED {report.source}: {report.error}")
+                    else:
+                        state["posed"] = state.get("posed", 0) + 1
+                        logger.debug("%s -> %s (%d people)", *(report.source, report.rendered,
+                                     report.people))  # fmt: skip
+
+                process_images(found.files, args.out, pipeline, render_frame, progress)
+    except Interrupted as stop:
+        tqdm.write(
+            f"interrupted by {stop.name} after {state['done']} of {len(found.files)} images: "
+            f"the rendered images are kept, {POSES_FILE} and {COCO_RESULTS_FILE} not written"
+        )
+        return 128 + stop.signum
     if failed:
-        tqdm.write(f"{failed} of {len(inputs)} inputs failed")
+        tqdm.write(failed_summary(failed, total))
+    if found.files:
+        tqdm.write(
+            f"{state.get('posed', 0)} images posed: {args.out / POSES_FILE}, "
+            f"{args.out / COCO_RESULTS_FILE}, rendered images in {args.out}"
+        )
     return 1 if failed else 0
 
 
@@ -193,39 +438,83 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Ends every option's help with its default, unless the help already says it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default is argparse.SUPPRESS
+            or (not action.option_strings and action.nargs not in ("?", "*"))
+        ):
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+class RootHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The top-level help: the module docstring as written."""
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    root.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    commands = root.add_subparsers(dest="command", required=True)
+    root = Parser(prog="app.py", description=__doc__, formatter_class=RootHelpFormatter)
+    root.add_argument("-v", "--verbose", action="store_true", help="log debug messages, and "
+                      "show the traceback of an unexpected error")  # fmt: skip
+    commands = root.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     video = commands.add_parser(
         "video",
         help="render poses into videos, write JSON Lines",
         description="For each input clip.mp4 writes OUT/clip.mp4 (rendered, H.264, source frame "
-        "rate and audio) and OUT/clip.jsonl (one line of poses per frame, image pixels). A bad "
-        "input is reported and skipped; the exit code is 1 if any input failed.",
+        "rate and audio, turned as its rotation tag says) and OUT/clip.jsonl (one line of poses "
+        "per frame, image pixels). Outputs mirror the inputs' paths relative to the folder (or "
+        "common parent) they came from, so two inputs never share an output. A bad input (also "
+        "a cut-off file, or an argument that matches nothing) is reported and skipped; the "
+        "exit code is 1 if any input failed, 130 / 143 after Ctrl-C / SIGTERM. Under torchrun "
+        "the inputs are split across the processes.",
     )
     video.add_argument(
         "inputs",
         nargs="*",
-        help="video files, folders or glob patterns (default: the bundled demo clip)",
+        help="video files, folders (searched recursively) or glob patterns; an existing path is "
+        "always taken literally (default: the bundled demo clip)",
     )
-    video.add_argument(
-        "--out", type=Path, default=Path("out"), help="output folder (default: out/)"
-    )
+    video.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     video.add_argument(
         "--skip-existing", action="store_true", help="skip inputs whose two outputs already exist"
     )
     add_pipeline_arguments(video)
     video.set_defaults(run=run_video)
 
+    images = commands.add_parser(
+        "images",
+        help="pose still images, write JSON Lines, COCO results and rendered images",
+        description="Poses each image on its own (no tracking) and writes OUT/poses.jsonl (one "
+        'line per image: {"image": path relative to its input folder, "width", "height", '
+        '"poses"}), OUT/coco_results.json (COCO keypoint results; image_id = line number in '
+        "poses.jsonl), OUT/coco_images.json and the rendered images under the same relative "
+        "paths. PNG (8/16 bit, gray, RGBA), JPEG, WebP, BMP and TIFF; EXIF orientation is "
+        "applied. An unreadable image is reported and skipped; the exit code is 1 if any failed.",
+    )
+    images.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) "
+                        "or glob patterns; an existing path is always taken literally")  # fmt: skip
+    images.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+    add_pipeline_arguments(images, temporal=False)
+    images.set_defaults(run=run_images)
+
     ui = commands.add_parser("ui", help="Gradio browser demo on 127.0.0.1")
     ui.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
-    ui.add_argument(
-        "--share", action="store_true", help="also open a public share link (off by default)"
-    )
+    ui.add_argument("--share", action="store_true", help="also open a public share link")
     ui.add_argument("--max-upload-mb", type=int, default=500, help="largest video upload accepted")
     add_pipeline_arguments(ui)
     ui.set_defaults(run=run_ui)
@@ -266,14 +555,14 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="take each frame's person boxes from a train.synthetic video's ground-truth JSON "
-        "(the detector still runs and is timed)",
+        "(the detector still runs and is timed; default: the detector's boxes)",
     )
     people.add_argument(
         "--fixed-people",
         type=int,
         metavar="N",
         help="N people per frame: the detector's top N boxes, or N tiled boxes when it finds "
-        "fewer (for random-weight detectors)",
+        "fewer (for random-weight detectors; default: as many as are found)",
     )
     add_pipeline_arguments(bench)
     bench.set_defaults(run=run_bench)
@@ -284,15 +573,29 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    quiet = os.environ.get("RANK", "0") not in ("", "0")  # torchrun: rank 0 tells what it loads
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    previous = install_signal_handlers()
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError) as err:
+    except Interrupted as stop:
+        logger.error("interrupted by %s; nothing was left half-written", stop.name)
+        return 128 + stop.signum
+    except (UsageError, FileNotFoundError, ValueError) as err:
+        logger.debug("stopped", exc_info=True)
         logger.error("%s", err)
         return 2
+    except Exception as err:  # anything else: one line, and the traceback with --verbose
+        logger.debug("unexpected error", exc_info=True)
+        hint = "" if args.verbose else " (run with --verbose to see where)"
+        logger.error("%s%s", describe(err), hint)
+        return 3
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

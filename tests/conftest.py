@@ -64,3 +64,8 @@ def write_clip(
 @pytest.fixture
 def make_clip():
     return write_clip
+
+
+@pytest.fixture
+def clip_image():
+    return clip_frame
