@@ -580,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     previous = install_signal_handlers()
     try:
+        if hasattr(args, "device"):
+            check_device(args.device)
         return args.run(args)
     except Interrupted as stop:
         logger.error("interrupted by %s; nothing was left half-written", stop.name)

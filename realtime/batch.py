@@ -102,8 +102,10 @@ def process_video(
                         report.frames += 1
                         if progress is not None:
                             progress(report.frames, info.frame_count)
-                finally:
-                    writer.close()
+                except BaseException:
+                    writer.close(cancel=True)  # these outputs are discarded: stop drawing
+                    raise
+                writer.close()
                 report.stage_ms = writer.mean_stage_ms()
         report.video, report.jsonl = video_path, jsonl_path
     except Exception as err:  # a bad input is reported, never aborts the batch
@@ -126,6 +128,7 @@ class OutputWorker:
         self.video, self.jsonl, self.render = video, jsonl, render
         self._queue: queue.Queue[FrameResult | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._cancel = threading.Event()
         self._totals: dict[str, float] = {}
         self._count = 0
         self._last_done: float | None = None
@@ -136,10 +139,22 @@ class OutputWorker:
         self._raise_error()
         self._queue.put(result)
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._raise_error()
+    def close(self, cancel: bool = False) -> None:
+        """Wait until every result put is written (with `cancel`: dropped instead). Returns
+        only once the thread has ended, even if interrupted (e.g. by Ctrl-C) while waiting,
+        so the writers are never closed under it."""
+        if cancel:
+            self._cancel.set()
+        try:
+            self._queue.put(None)
+            self._thread.join()
+        except BaseException:
+            self._cancel.set()
+            self._queue.put(None)  # the first one may not have gone in
+            self._thread.join()
+            raise
+        if not cancel:
+            self._raise_error()
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -151,7 +166,7 @@ class OutputWorker:
 
     def _run(self) -> None:
         while (result := self._queue.get()) is not None:
-            if self._error is not None:
+            if self._error is not None or self._cancel.is_set():
                 continue  # drain, so the producer never blocks on a dead worker
             try:
                 self._write(result)

@@ -33,10 +33,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from realtime.sources import IMAGE_SUFFIXES
+
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ExpandedInputs", "InputFile", "expand_inputs"]
+
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv"}
 )
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _MAGIC = re.compile(r"[*?[]")
 
 

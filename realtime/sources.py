@@ -492,9 +492,6 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(_turn(image, turns))
 
 
-_read_rgb = read_image
-
-
 class ImageFolderSource(FrameSource):
     """The images of a folder in natural order (img2 before img10), one frame each.
 
@@ -516,7 +513,7 @@ class ImageFolderSource(FrameSource):
             raise ValueError(
                 f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder"
             )
-        self._first = _read_rgb(self._paths[0])
+        self._first = read_image(self._paths[0])
         self.info = SourceInfo(
             name=str(folder),
             fps=fps,
@@ -532,7 +529,7 @@ class ImageFolderSource(FrameSource):
         yield Frame(0, 0.0, self._first, time.monotonic())
         self._first = None
         for index, path in enumerate(self._paths[1:], start=1):
-            yield Frame(index, index / fps, _read_rgb(path), time.monotonic())
+            yield Frame(index, index / fps, read_image(path), time.monotonic())
 
     def _release(self) -> None:
         self._first = None

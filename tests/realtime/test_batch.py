@@ -4,6 +4,7 @@ orientation, under the names given, and nothing left behind by an interrupt."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import av
@@ -122,6 +123,8 @@ def test_interrupt_removes_partial_files_and_keeps_finished_ones(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         process_video(clip, out, SquareFinder(interrupt_at=5), render_frame)
     assert _leftovers(out) == ["done.jsonl", "done.mp4"]
+    # The render / encode thread ended before its writers were closed and deleted.
+    assert not [t for t in threading.enumerate() if t.name == "ccm-output"]
 
 
 def test_missing_and_undecodable_inputs_are_reports_not_exceptions(tmp_path: Path):
