@@ -339,7 +339,6 @@ def run_video(args: argparse.Namespace) -> int:
         rows = [(str(i.path), describe_error(err, "")) for i in mine]  # tell the others
         tqdm.write(f"{tag}error: {err}")
     merged = [row for part in distributed.gather(rows, ranks) for row in part]
-    distributed.stop(ranks)
     failed = [spec for spec, _ in problems] + [name for name, error in merged if error]
     total = len(problems) + len(merged)
     if ranks.rank == 0:
@@ -348,6 +347,8 @@ def run_video(args: argparse.Namespace) -> int:
         else:
             spread = f" on {ranks.world_size} processes" if ranks.distributed else ""
             tqdm.write(f"all {total} inputs done{spread}; outputs in {args.out}")
+        sys.stdout.flush()
+    distributed.stop(ranks)
     return 1 if failed else 0
 
 

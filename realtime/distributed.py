@@ -110,5 +110,8 @@ def gather(report: T, ranks: Ranks) -> list[T]:
 
 
 def stop(ranks: Ranks) -> None:
+    """Leave the group together: torchrun stops the remaining processes as soon as one exits
+    with an error code, so none should still be printing when the first one exits."""
     if ranks.distributed and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
