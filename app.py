@@ -15,10 +15,8 @@ splits the inputs across N processes, one GPU each.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -27,16 +25,21 @@ from realtime.offline import configure_offline
 
 configure_offline()  # before ultralytics or gradio is imported
 
-from tqdm import tqdm  # noqa: E402
-
 from ccm.refine import DECODE_METHODS  # noqa: E402
-from realtime.assemble import PipelineOptions, build_pipeline  # noqa: E402
+from realtime.assemble import PipelineOptions  # noqa: E402
 from realtime.detector import DetectorConfig  # noqa: E402
 from realtime.engine import BACKENDS, EngineConfig  # noqa: E402
 from realtime.pipeline import NMS_METHODS, PipelineConfig  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
 from realtime.temporal import METHODS as TEMPORAL_METHODS  # noqa: E402
 from realtime.temporal import TemporalConfig  # noqa: E402
+from realtime.usage import (  # noqa: E402
+    Interrupted,
+    UsageError,
+    check_device,
+    describe,
+    install_signal_handlers,
+)
 from realtime.weights import add_weights_commands  # noqa: E402
 
 logger = logging.getLogger("ccm-pose")
@@ -147,275 +150,17 @@ def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
     )
 
 
-class UsageError(Exception):
-    """A problem the user can fix; main() prints its message as one line and exits 2."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; raised in the main thread so every `with` cleans up."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-        self.name = signal.Signals(signum).name
-
-
-def install_signal_handlers() -> dict[int, object]:
-    """Turn the first SIGINT / SIGTERM into `Interrupted`; later ones are ignored so the
-    clean-up they interrupt can finish. Returns the previous handlers."""
-    stopping = False
-
-    def handler(signum: int, frame: object) -> None:
-        nonlocal stopping
-        if stopping:
-            return
-        stopping = True
-        raise Interrupted(signum)
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, handler)
-    return previous
-
-
-def check_device(device: str) -> str:
-    """`--device` as torch reads it, or a UsageError saying what to use instead."""
-    import torch
-
-    if device == "auto":
-        return device
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
-                f"{'no CUDA build' if torch.version.cuda is None else 'no usable GPU'}); "
-                "use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise UsageError(
-                f"--device {device}: this machine has {count} CUDA device(s) "
-                f"(cuda:0 to cuda:{count - 1})"
-            )
-    elif parsed.type != "cpu":
-        raise UsageError(f"--device {device}: only cpu and cuda devices are supported")
-    return device
-
-
-def check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: a file is in the way; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"--out {out}: cannot create the folder: {err.strerror or err}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: the folder is not writable; choose another with --out")
-
-
-def load_pipeline(options: PipelineOptions):
-    """`build_pipeline`, with a failure to load either model turned into one line that names
-    the flag to fix."""
-    try:
-        return build_pipeline(options)
-    except (KeyboardInterrupt, UsageError):
-        raise
-    except Exception as err:
-        logger.debug("loading the models failed", exc_info=True)
-        if _raised_in(err, ("realtime/detector.py", "ultralytics")):
-            flag = f"--detector {options.detector}" if options.detector else "the default detector"
-            hint = "give YOLO detection weights (.pt) or a model .yaml"
-        else:
-            flag = f"--pose {options.pose}" if options.pose else "the default pose checkpoint"
-            hint = "give a pose checkpoint (.safetensors); see `app.py weights list`"
-        raise UsageError(f"{flag}: cannot load it: {describe(err)}; {hint}") from err
-
-
-def _raised_in(err: BaseException, places: tuple[str, ...]) -> bool:
-    tb = err.__traceback__
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
-        if any(place in filename for place in places):
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def describe(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    text = re.sub(r"^ERROR\W*", "", text)  # ultralytics' own prefix
-    if isinstance(err, (ValueError, OSError, RuntimeError)) and text:
-        return text
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _video_input_problems(found) -> list[tuple[str, str]]:
-    """Arguments that gave nothing, with a hint where one helps; images named to `video`."""
-    from realtime.inputs import IMAGE_SUFFIXES, expand_inputs
-
-    problems = []
-    for spec, why in found.unmatched:
-        if Path(spec).is_dir() and expand_inputs([spec], IMAGE_SUFFIXES).files:
-            why += "; it holds images: use `app.py images`"
-        problems.append((spec, why))
-    return problems
-
-
 def run_video(args: argparse.Namespace) -> int:
-    from realtime import distributed
-    from realtime.batch import describe_error, process_video
-    from realtime.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs
-    from realtime.render import render_frame
-    from realtime.sinks import remove_stale_parts
+    from realtime.batch_cli import run_videos
 
-    ranks = distributed.ranks_from_env()
-    check_device(args.device)
-    check_out_dir(args.out)
-    found = expand_inputs(args.inputs or [SYNTHETIC_WALK], VIDEO_SUFFIXES, exclude=args.out)
-    problems = _video_input_problems(found)
-    inputs = []
-    for item in found.files:
-        if item.path.suffix.lower() in IMAGE_SUFFIXES:
-            problems.append((str(item.path), "an image, not a video: use `app.py images`"))
-        else:
-            inputs.append(item)
-    remove_stale_parts(args.out)
-    distributed.start(ranks)
-    tag = f"[{ranks.label}] " if ranks.distributed else ""
-    mine = distributed.shard(inputs, [_size(i.path) for i in inputs], ranks)
-    if ranks.rank == 0:
-        for spec, why in problems:
-            tqdm.write(f"FAILED {spec}: {why}")
-    rows: list[tuple[str, str | None]] = []  # (input, error or None) for the summary
-    state = {"current": None, "frame": 0}
-    try:
-        if mine:
-            options = pipeline_options(args)
-            options = dataclasses.replace(
-                options, device=distributed.rank_device(options.device, ranks)
-            )
-            pipeline = load_pipeline(options)
-        show = not ranks.distributed or ranks.rank == 0
-        with tqdm(total=len(mine), desc=f"{tag}videos", unit="video", disable=not show) as bar:
-            for item in mine:
-                state["current"], state["frame"] = item.path, 0
-                with tqdm(desc=item.path.name, unit="frame", leave=False, disable=not show) as fb:
-
-                    def progress(done: int, total: int | None, fb=fb) -> None:
-                        state["frame"] = done
-                        fb.total = total
-                        fb.update(done - fb.n)
-
-                    report = process_video(
-                        item.path, args.out, pipeline, render_frame, progress,
-                        args.skip_existing, name=item.name,
-                    )  # fmt: skip
-                bar.update(1)
-                rows.append((str(item.path), report.error))
-                if report.error:
-                    tqdm.write(f"{tag}FAILED {item.path}: {report.error}")
-                elif report.skipped:
-                    tqdm.write(f"{tag}skipped {item.path}: {report.video} and {report.jsonl} exist")
-                else:
-                    done = f"{report.frames} frames, {report.fps:.1f} fps"
-                    tqdm.write(f"{tag}{item.path} -> {report.video}, {report.jsonl} ({done})")
-            state["current"] = None
-    except Interrupted as stop:
-        where = f" during {state['current']} (frame {state['frame']})" if state["current"] else ""
-        finished = sum(1 for _, error in rows if error is None)
-        tqdm.write(
-            f"{tag}interrupted by {stop.name}{where}: {finished} of {len(mine)} input(s) "
-            "finished and kept, the unfinished one's files removed; run again with "
-            "--skip-existing to go on"
-        )
-        return 128 + stop.signum
-    except UsageError as err:
-        if not ranks.distributed:
-            raise
-        rows = [(str(i.path), describe_error(err, "")) for i in mine]  # tell the others
-        tqdm.write(f"{tag}error: {err}")
-    merged = [row for part in distributed.gather(rows, ranks) for row in part]
-    failed = [spec for spec, _ in problems] + [name for name, error in merged if error]
-    total = len(problems) + len(merged)
-    if ranks.rank == 0:
-        if failed:
-            tqdm.write(failed_summary(failed, total))
-        else:
-            spread = f" on {ranks.world_size} processes" if ranks.distributed else ""
-            tqdm.write(f"all {total} inputs done{spread}; outputs in {args.out}")
-        sys.stdout.flush()
-    distributed.stop(ranks)
-    return 1 if failed else 0
-
-
-def failed_summary(failed: list[str], total: int, shown: int = 5) -> str:
-    names = ", ".join(failed[:shown])
-    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
-    return f"{len(failed)} of {total} inputs failed: {names}{more}"
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+    specs = args.inputs or [SYNTHETIC_WALK]
+    return run_videos(specs, args.out, pipeline_options(args), skip_existing=args.skip_existing)
 
 
 def run_images(args: argparse.Namespace) -> int:
-    from realtime.images import COCO_RESULTS_FILE, POSES_FILE, process_images
-    from realtime.inputs import IMAGE_SUFFIXES, expand_inputs
-    from realtime.render import render_frame
-    from realtime.sinks import remove_stale_parts
+    from realtime.batch_cli import run_images
 
-    check_device(args.device)
-    check_out_dir(args.out)
-    found = expand_inputs(
-        args.inputs, IMAGE_SUFFIXES, keep_suffix=True, exclude=args.out, kind="image"
-    )
-    for spec, why in found.unmatched:
-        tqdm.write(f"FAILED {spec}: {why}")
-    remove_stale_parts(args.out)
-    failed = [spec for spec, _ in found.unmatched]
-    total = len(found.unmatched) + len(found.files)
-    state = {"done": 0}
-    try:
-        if found.files:
-            options = dataclasses.replace(
-                pipeline_options(args), temporal=TemporalConfig(method="none")
-            )
-            pipeline = load_pipeline(options)
-            with tqdm(total=len(found.files), desc="images", unit="image") as bar:
-
-                def progress(report) -> None:
-                    state["done"] += 1
-                    bar.update(1)
-                    if report.error:
-                        failed.append(str(report.source))
-                        tqdm.write(f"FAILED {report.source}: {report.error}")
-                    else:
-                        state["posed"] = state.get("posed", 0) + 1
-                        logger.debug("%s -> %s (%d people)", *(report.source, report.rendered,
-                                     report.people))  # fmt: skip
-
-                process_images(found.files, args.out, pipeline, render_frame, progress)
-    except Interrupted as stop:
-        tqdm.write(
-            f"interrupted by {stop.name} after {state['done']} of {len(found.files)} images: "
-            f"the rendered images are kept, {POSES_FILE} and {COCO_RESULTS_FILE} not written"
-        )
-        return 128 + stop.signum
-    if failed:
-        tqdm.write(failed_summary(failed, total))
-    if found.files:
-        tqdm.write(
-            f"{state.get('posed', 0)} images posed: {args.out / POSES_FILE}, "
-            f"{args.out / COCO_RESULTS_FILE}, rendered images in {args.out}"
-        )
-    return 1 if failed else 0
+    return run_images(args.inputs, args.out, pipeline_options(args))
 
 
 def run_ui(args: argparse.Namespace) -> int:
@@ -585,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             check_device(args.device)
         return args.run(args)
     except Interrupted as stop:
-        logger.error("interrupted by %s; nothing was left half-written", stop.name)
+        logger.error("stopped by %s", stop.name)
         return 128 + stop.signum
     except (UsageError, FileNotFoundError, ValueError) as err:
         logger.debug("stopped", exc_info=True)

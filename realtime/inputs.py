@@ -113,7 +113,10 @@ def _common_parent(paths: list[Path]) -> Path:
     if not paths:
         return Path(".")
     parents = [str(p.resolve().parent) for p in paths]
-    return Path(os.path.commonpath(parents))
+    try:
+        return Path(os.path.commonpath(parents))
+    except ValueError:  # no common parent (different drives)
+        return Path(Path(parents[0]).anchor)
 
 
 def expand_inputs(
