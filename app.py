@@ -45,7 +45,14 @@ from realtime.weights import add_weights_commands  # noqa: E402
 logger = logging.getLogger("ccm-pose")
 
 
+VERBOSE_HELP = "log debug messages, and show the traceback of any error (default: off)"
+
+
 def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = True) -> None:
+    # Also after the command (`app.py video x.mp4 -v`); SUPPRESS keeps the top-level value.
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+    )
     models = parser.add_argument_group("models")
     models.add_argument(
         "--pose",
@@ -214,8 +221,7 @@ class Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     root = Parser(prog="app.py", description=__doc__, formatter_class=RootHelpFormatter)
-    root.add_argument("-v", "--verbose", action="store_true", help="log debug messages, and "
-                      "show the traceback of an unexpected error")  # fmt: skip
+    root.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     commands = root.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     video = commands.add_parser(

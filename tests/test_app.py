@@ -390,7 +390,7 @@ def test_user_errors_are_one_clear_line(tmp_path, pose_checkpoint, make_clip):
         assert "Traceback" not in result.stderr, flag
     assert not (tmp_path / "out").exists() or _files(tmp_path / "out") == []
     # --verbose adds the traceback.
-    command = [sys.executable, str(ROOT / "app.py"), "-v", "video", "clip.mp4", "--device", "gpu"]
+    command = [sys.executable, str(ROOT / "app.py"), "video", "clip.mp4", "--device", "gpu", "-v"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "Traceback" in result.stderr
     assert "ERROR ccm-pose: --device gpu: not a device; use cpu, cuda or cuda:N" in result.stderr
