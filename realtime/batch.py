@@ -3,8 +3,9 @@
 For an input named `sub/clip` (see `realtime.inputs`) the outputs are `OUT/sub/clip.mp4` and
 `OUT/sub/clip.jsonl`, both written to a temp file and renamed only when the whole video
 succeeded: a video that fails part-way (a cut-off file, a decoder error, a full disk, Ctrl-C)
-leaves nothing under its final names. Rendering and encoding run on a worker thread, so the
-device works on frame t+1 while frame t is drawn and encoded.
+leaves nothing under its final names. When the input itself breaks off, the frames before the
+break are kept as `OUT/sub/clip.partial.mp4` and `.partial.jsonl`. Rendering and encoding run
+on a worker thread, so the device works on frame t+1 while frame t is drawn and encoded.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 from realtime.pipeline import FrameResult, PosePipeline
 from realtime.results import FramePoses
 from realtime.sinks import JsonlWriter, Mp4Writer
-from realtime.sources import open_source
+from realtime.sources import Frame, open_source
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ _PLAIN_ERRORS = (ValueError, RuntimeError, OSError)
 @dataclass
 class VideoReport:
     """What happened to one input. `error` is None on success; `frames` counts the frames
-    processed (on failure: how far it got)."""
+    processed (on failure: how far it got). `video` and `jsonl` are the files written: the
+    final ones on success, the `.partial` ones when reading failed part-way, else None."""
 
     source: Path
     video: Path | None = None
@@ -56,12 +58,28 @@ def output_paths(name: str, out_dir: Path) -> tuple[Path, Path]:
     return out_dir / f"{name}.mp4", out_dir / f"{name}.jsonl"
 
 
+def partial_paths(name: str, out_dir: Path) -> tuple[Path, Path]:
+    """Where the frames before a reading error go: `OUT/sub/clip.partial.mp4` and `.jsonl`."""
+    return out_dir / f"{name}.partial.mp4", out_dir / f"{name}.partial.jsonl"
+
+
 def describe_error(err: BaseException, source: Path | str) -> str:
     """A one-line reason, without the input's name in front (the caller names it)."""
     text = str(err).removeprefix(f"{source}: ")
     if not isinstance(err, _PLAIN_ERRORS) or not text:
         text = f"{type(err).__name__}: {text}" if text else type(err).__name__
     return text
+
+
+class _ReadError(Exception):
+    """The source failed part-way (its error is the cause); what came before it is sound."""
+
+
+def _read(frames: Iterable[Frame]) -> Iterator[Frame]:
+    try:
+        yield from frames
+    except Exception as err:
+        raise _ReadError() from err
 
 
 def process_video(
@@ -77,15 +95,19 @@ def process_video(
 
     Never raises for a bad input: the reason is in the report. `progress(done, total)` is called
     after each frame (total None when the container does not say). `name` is the output name
-    (default: the file's stem). KeyboardInterrupt and the like pass through, after the
-    partial outputs are removed.
+    (default: the file's stem). A source that fails part-way (a cut-off file, a decoder error)
+    is a failed input: nothing goes under the final names, and the frames before the error go
+    to `partial_paths` (`report.video` / `report.jsonl` name them). KeyboardInterrupt and the
+    like pass through, after the unfinished outputs are removed.
     """
-    video_path, jsonl_path = output_paths(name or source.stem, out_dir)
+    name = name or source.stem
+    video_path, jsonl_path = output_paths(name, out_dir)
     report = VideoReport(source)
     if skip_existing and video_path.is_file() and jsonl_path.is_file():
         report.video, report.jsonl, report.skipped = video_path, jsonl_path, True
         return report
     start = time.perf_counter()
+    read_error: _ReadError | None = None
     try:
         video_path.parent.mkdir(parents=True, exist_ok=True)
         with open_source(source, realtime=False) as frames:
@@ -97,24 +119,37 @@ def process_video(
             ):
                 writer = OutputWorker(video, jsonl, render)
                 try:
-                    for result in pipeline.stream(frames):
+                    for result in pipeline.stream(_read(frames)):
                         writer.put(result)
                         report.frames += 1
                         if progress is not None:
                             progress(report.frames, info.frame_count)
+                except _ReadError as err:
+                    read_error = err
+                    if report.frames == 0:
+                        writer.close(cancel=True)
+                        raise
+                    video.keep_as(partial_paths(name, out_dir)[0])
+                    jsonl.keep_as(partial_paths(name, out_dir)[1])
                 except BaseException:
                     writer.close(cancel=True)  # these outputs are discarded: stop drawing
                     raise
                 writer.close()
                 report.stage_ms = writer.mean_stage_ms()
-        report.video, report.jsonl = video_path, jsonl_path
+        report.video, report.jsonl = video.path, jsonl.path
+        if read_error is not None:
+            raise read_error
+        for stale in partial_paths(name, out_dir):  # of an earlier run, now complete
+            stale.unlink(missing_ok=True)
     except Exception as err:  # a bad input is reported, never aborts the batch
         logger.debug("failed on %s", source, exc_info=True)
-        report.error = describe_error(err, source)
-        if report.frames:
-            if "reading failed after" not in report.error:
-                report.error += f" (stopped after {report.frames} frames)"
-            report.error += "; nothing written"
+        cause = err.__cause__ if isinstance(err, _ReadError) else err
+        report.error = describe_error(cause, source)
+        if report.frames and read_error is None:
+            report.error += f" (stopped after {report.frames} frames; nothing written)"
+        if read_error is not None and report.video is not None:
+            report.error += f"; the {report.frames} frames before are in {report.video}"
+            report.error += f" and {report.jsonl}"
     report.seconds = time.perf_counter() - start
     return report
 

@@ -59,6 +59,14 @@ class _AtomicPath:
     def commit(self) -> None:
         os.replace(self.temp, self.final)
 
+    def retarget(self, final: str | Path) -> Path:
+        """Commit under `final` instead, a name in the same folder."""
+        final = Path(final)
+        if final.parent.resolve() != self.final.parent.resolve():
+            raise ValueError(f"{final}: not in the folder of {self.final}")
+        self.final = final
+        return final
+
     def discard(self) -> None:
         self.temp.unlink(missing_ok=True)
 
@@ -293,6 +301,10 @@ class Mp4Writer:
             self._close_audio()
         log.info("wrote %s (%d frames)", self.path, self.frames_written)
 
+    def keep_as(self, path: str | Path) -> None:
+        """On close, move the file to `path` (same folder) instead of the path given."""
+        self.path = self._file.retarget(path)
+
     def _close_audio(self) -> None:
         if self._audio_in is not None:
             self._audio_in.close()
@@ -328,6 +340,10 @@ class _AtomicTextWriter:
 
     def _finish(self) -> None:
         """Write what remains before the rename (subclasses)."""
+
+    def keep_as(self, path: str | Path) -> None:
+        """On close, move the file to `path` (same folder) instead of the path given."""
+        self.path = self._file.retarget(path)
 
     def close(self) -> None:
         if self._fh is None:

@@ -250,15 +250,19 @@ def test_video_inputs_are_literal_outputs_distinct_and_failures_named(
     assert failed_cut, log
     assert 0 < int(failed_cut.group(1)) <= int(failed_cut.group(2)) < 60
     assert "3 of 8 inputs failed: nothing*.mp4, photos, clips/b/cut.mp4" in log
-    # Mirrored below the folder given, told apart where a stem repeats; nothing for the cut
-    # file, and the stale temp file is gone.
+    # Mirrored below the folder given, told apart where a stem repeats; nothing under the cut
+    # file's names (its first frames as .partial), and the stale temp file is gone.
     # The bracketed file is named on its own (and found again in clips/): named once, as itself.
     assert _files(out) == [
         "a/x.jsonl", "a/x.mp4",
         "b/clip.avi.jsonl", "b/clip.avi.mp4", "b/clip.mp4.jsonl", "b/clip.mp4.mp4",
+        "b/cut.partial.jsonl", "b/cut.partial.mp4",
         "b/x.jsonl", "b/x.mp4", "clip [1080p].jsonl", "clip [1080p].mp4",
     ]  # fmt: skip
-    counts = {"clip [1080p]": 3, "a/x": 4, "b/x": 5, "b/clip.avi": 6, "b/clip.mp4": 7}
+    reached = int(failed_cut.group(1))
+    assert f"the {reached} frames before are in out/b/cut.partial.mp4 and out/b/cut.partial" in log
+    counts = {"clip [1080p]": 3, "a/x": 4, "b/x": 5, "b/clip.avi": 6, "b/clip.mp4": 7,
+              "b/cut.partial": reached}  # fmt: skip
     for name, n in counts.items():
         assert _frames(out / f"{name}.mp4") == n, name
         assert len((out / f"{name}.jsonl").read_text().splitlines()) == n, name

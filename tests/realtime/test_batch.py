@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from realtime.batch import describe_error, output_paths, process_video
+from realtime.batch import describe_error, output_paths, partial_paths, process_video
 from realtime.pipeline import FrameResult
 from realtime.render import render_frame
 from realtime.results import FramePoses
@@ -87,20 +87,48 @@ def test_rotated_clip_comes_out_as_displayed_with_keypoints_to_match(tmp_path: P
 
 def test_cut_off_fast_start_mp4_leaves_nothing_under_its_names(tmp_path: Path, make_clip):
     full = make_clip(tmp_path / "full.mp4", frames=60, size=(64, 96), faststart=True)
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     out = tmp_path / "out"
     pipeline = SquareFinder()
-    report = process_video(cut, out, pipeline, render_frame)
-    assert report.error is not None and report.video is None and report.jsonl is None
-    assert report.error.startswith(f"reading failed after {report.frames} frames: the data ")
-    assert "damaged at frame" in report.error and report.error.endswith("; nothing written")
-    assert 0 < report.frames < 60
-    assert _leftovers(out) == []  # no mp4, no JSONL, no temp file
-    # The whole file, through the same pipeline object, is fine.
-    good = process_video(full, out, pipeline, render_frame)
+    report = process_video(clip, out, pipeline, render_frame, name="sub/clip")
+    assert report.error is not None and 0 < report.frames < 60
+    # Nothing under the final names; what was read before the break, under names that say so.
+    partial = partial_paths("sub/clip", out)
+    assert (report.video, report.jsonl) == partial
+    assert report.error == (
+        f"reading failed after {report.frames} frames: the data ends or is damaged at frame "
+        f"{report.error.split('damaged at frame ')[1].split(' ')[0]} of 60 (a cut-off or damaged "
+        f"file); the {report.frames} frames before are in {partial[0]} and {partial[1]}"
+    )
+    assert _leftovers(out) == ["clip.partial.jsonl", "clip.partial.mp4"]  # no temp file
+    with av.open(str(partial[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == report.frames
+    lines = partial[1].read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == list(range(report.frames))
+    # Once the whole file is there, the same pipeline object does it all and the partial
+    # files go.
+    clip.write_bytes(full.read_bytes())
+    good = process_video(clip, out, pipeline, render_frame, name="sub/clip")
     assert good.error is None and good.frames == 60 and pipeline.resets == 2
-    assert _leftovers(out) == ["full.jsonl", "full.mp4"]
+    assert (good.video, good.jsonl) == output_paths("sub/clip", out)
+    assert _leftovers(out) == ["clip.jsonl", "clip.mp4"]
+
+
+def test_an_input_broken_from_its_first_frame_leaves_nothing(tmp_path: Path, make_clip):
+    full = make_clip(tmp_path / "full.mp4", frames=30, size=(48, 64), faststart=True)
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(full)) as container:
+        first = next(p for p in container.demux(video=0) if p.size)
+    clip.write_bytes(full.read_bytes()[: first.pos + first.size // 2])  # half the first frame
+    out = tmp_path / "out"
+    report = process_video(clip, out, SquareFinder(), render_frame)
+    assert report.error == (
+        "not a decodable video: the data ends or is damaged at frame 1 of 30 (a cut-off or "
+        "damaged file)"
+    )
+    assert (report.video, report.jsonl, report.frames) == (None, None, 0)
+    assert _leftovers(out) == []
 
 
 def test_skip_existing_uses_the_output_name(tmp_path: Path, make_clip):
