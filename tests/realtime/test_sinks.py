@@ -413,3 +413,16 @@ def test_coco_results_writer_takes_a_frame_without_people(tmp_path: Path):
         writer.write(2, FramePoses.empty(1, 0.1).numpy())
         assert len(writer) == 0
     assert json.loads((tmp_path / "r.json").read_text()) == []
+
+
+def test_writers_can_be_kept_under_another_name_in_their_folder(tmp_path: Path):
+    with Mp4Writer(tmp_path / "clip.mp4", 10.0) as video, JsonlWriter(tmp_path / "c.jsonl") as js:
+        video.write(_smooth_frame(0, 16, 16))
+        js.write(FramePoses.empty(0, 0.0))
+        video.keep_as(tmp_path / "clip.partial.mp4")
+        js.keep_as(tmp_path / "c.partial.jsonl")
+        with pytest.raises(ValueError, match="not in the folder of"):
+            js.keep_as(tmp_path / "elsewhere" / "c.jsonl")
+    assert video.path == tmp_path / "clip.partial.mp4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.partial.jsonl", "clip.partial.mp4"]
+    assert len(_decode(tmp_path / "clip.partial.mp4")[1]) == 1
