@@ -1,18 +1,23 @@
 """ccm-pose: real-time multi-person pose estimation for video.
 
     python app.py video [IN ...] [--out DIR]   render poses into videos and write JSON Lines
+    python app.py images IN ... [--out DIR]    pose still images: JSON Lines, COCO results
     python app.py ui [--port N]                browser demo: live webcam and video upload
     python app.py bench [--source FILE]        time every stage and the whole loop
     python app.py weights list|fetch|import|verify   known checkpoints, downloads, conversion
 
-Every command runs with no flags on the bundled demo clip (realtime/samples/synthetic_walk.mp4)
-and the demo weights in weights/; `python app.py CMD --help` explains each option.
+Every command but `images` runs with no flags on the bundled demo clip
+(realtime/samples/synthetic_walk.mp4) and the demo weights in weights/; `python app.py CMD --help`
+explains each option and shows its default. `torchrun --nproc-per-node N app.py video ...`
+splits the inputs across N processes, one GPU each.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,19 +26,33 @@ from realtime.offline import configure_offline
 configure_offline()  # before ultralytics or gradio is imported
 
 from ccm.refine import DECODE_METHODS  # noqa: E402
-from realtime.assemble import PipelineOptions, build_pipeline  # noqa: E402
+from realtime.assemble import PipelineOptions  # noqa: E402
 from realtime.detector import DetectorConfig  # noqa: E402
 from realtime.engine import BACKENDS, EngineConfig  # noqa: E402
 from realtime.pipeline import NMS_METHODS, PipelineConfig  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
 from realtime.temporal import METHODS as TEMPORAL_METHODS  # noqa: E402
 from realtime.temporal import TemporalConfig  # noqa: E402
+from realtime.usage import (  # noqa: E402
+    Interrupted,
+    UsageError,
+    check_device,
+    describe,
+    install_signal_handlers,
+)
 from realtime.weights import add_weights_commands  # noqa: E402
 
 logger = logging.getLogger("ccm-pose")
 
 
-def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+VERBOSE_HELP = "log debug messages, and show the traceback of any error (default: off)"
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = True) -> None:
+    # Also after the command (`app.py video x.mp4 -v`); SUPPRESS keeps the top-level value.
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+    )
     models = parser.add_argument_group("models")
     models.add_argument(
         "--pose",
@@ -96,6 +115,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         help="detector input size (multiple of 32); default: the size its weights were trained "
         "at (640 for the COCO YOLO models)",
     )
+    if not temporal:
+        parser.set_defaults(temporal="none")
+        return
     track = parser.add_argument_group("tracking")
     track.add_argument(
         "--temporal",
@@ -136,40 +158,16 @@ def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
 
 
 def run_video(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from realtime.batch_cli import run_videos
 
-    from realtime.batch import expand_inputs, process_video
-    from realtime.render import render_frame
+    specs = args.inputs or [SYNTHETIC_WALK]
+    return run_videos(specs, args.out, pipeline_options(args), skip_existing=args.skip_existing)
 
-    inputs = expand_inputs(args.inputs or [SYNTHETIC_WALK])
-    if not inputs:
-        logger.error("no input videos matched %s", args.inputs)
-        return 2
-    pipeline = build_pipeline(pipeline_options(args))
-    failed = 0
-    with tqdm(total=len(inputs), desc="videos", unit="video", position=0) as overall:
-        for source in inputs:
-            with tqdm(desc=source.name, unit="frame", position=1, leave=False) as bar:
 
-                def progress(done: int, total: int | None, bar=bar) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
+def run_images(args: argparse.Namespace) -> int:
+    from realtime.batch_cli import run_images
 
-                report = process_video(
-                    source, args.out, pipeline, render_frame, progress, args.skip_existing
-                )
-            overall.update(1)
-            if report.error:
-                failed += 1
-                tqdm.write(f"FAILED {source}: {report.error}")
-            elif report.skipped:
-                tqdm.write(f"skipped {source}: {report.video} and {report.jsonl} exist")
-            else:
-                done = f"{report.frames} frames, {report.fps:.1f} fps"
-                tqdm.write(f"{source} -> {report.video}, {report.jsonl} ({done})")
-    if failed:
-        tqdm.write(f"{failed} of {len(inputs)} inputs failed")
-    return 1 if failed else 0
+    return run_images(args.inputs, args.out, pipeline_options(args))
 
 
 def run_ui(args: argparse.Namespace) -> int:
@@ -193,39 +191,82 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Ends every option's help with its default, unless the help already says it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default is argparse.SUPPRESS
+            or (not action.option_strings and action.nargs not in ("?", "*"))
+        ):
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+class RootHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The top-level help: the module docstring as written."""
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    root.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    commands = root.add_subparsers(dest="command", required=True)
+    root = Parser(prog="app.py", description=__doc__, formatter_class=RootHelpFormatter)
+    root.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    commands = root.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     video = commands.add_parser(
         "video",
         help="render poses into videos, write JSON Lines",
         description="For each input clip.mp4 writes OUT/clip.mp4 (rendered, H.264, source frame "
-        "rate and audio) and OUT/clip.jsonl (one line of poses per frame, image pixels). A bad "
-        "input is reported and skipped; the exit code is 1 if any input failed.",
+        "rate and audio, turned as its rotation tag says) and OUT/clip.jsonl (one line of poses "
+        "per frame, image pixels). Outputs mirror the inputs' paths relative to the folder (or "
+        "common parent) they came from, so two inputs never share an output. A bad input (also "
+        "a cut-off file, or an argument that matches nothing) is reported and skipped; the "
+        "exit code is 1 if any input failed, 130 / 143 after Ctrl-C / SIGTERM. Under torchrun "
+        "the inputs are split across the processes.",
     )
     video.add_argument(
         "inputs",
         nargs="*",
-        help="video files, folders or glob patterns (default: the bundled demo clip)",
+        help="video files, folders (searched recursively) or glob patterns; an existing path is "
+        "always taken literally (default: the bundled demo clip)",
     )
-    video.add_argument(
-        "--out", type=Path, default=Path("out"), help="output folder (default: out/)"
-    )
+    video.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     video.add_argument(
         "--skip-existing", action="store_true", help="skip inputs whose two outputs already exist"
     )
     add_pipeline_arguments(video)
     video.set_defaults(run=run_video)
 
+    images = commands.add_parser(
+        "images",
+        help="pose still images, write JSON Lines, COCO results and rendered images",
+        description="Poses each image on its own (no tracking) and writes OUT/poses.jsonl (one "
+        'line per image: {"image": path relative to its input folder, "width", "height", '
+        '"poses"}), OUT/coco_results.json (COCO keypoint results; image_id = line number in '
+        "poses.jsonl), OUT/coco_images.json and the rendered images under the same relative "
+        "paths. PNG (8/16 bit, gray, RGBA), JPEG, WebP, BMP and TIFF; EXIF orientation is "
+        "applied. An unreadable image is reported and skipped; the exit code is 1 if any failed.",
+    )
+    images.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) "
+                        "or glob patterns; an existing path is always taken literally")  # fmt: skip
+    images.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+    add_pipeline_arguments(images, temporal=False)
+    images.set_defaults(run=run_images)
+
     ui = commands.add_parser("ui", help="Gradio browser demo on 127.0.0.1")
     ui.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
-    ui.add_argument(
-        "--share", action="store_true", help="also open a public share link (off by default)"
-    )
+    ui.add_argument("--share", action="store_true", help="also open a public share link")
     ui.add_argument("--max-upload-mb", type=int, default=500, help="largest video upload accepted")
     add_pipeline_arguments(ui)
     ui.set_defaults(run=run_ui)
@@ -266,14 +307,14 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="take each frame's person boxes from a train.synthetic video's ground-truth JSON "
-        "(the detector still runs and is timed)",
+        "(the detector still runs and is timed; default: the detector's boxes)",
     )
     people.add_argument(
         "--fixed-people",
         type=int,
         metavar="N",
         help="N people per frame: the detector's top N boxes, or N tiled boxes when it finds "
-        "fewer (for random-weight detectors)",
+        "fewer (for random-weight detectors; default: as many as are found)",
     )
     add_pipeline_arguments(bench)
     bench.set_defaults(run=run_bench)
@@ -284,15 +325,31 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    quiet = os.environ.get("RANK", "0") not in ("", "0")  # torchrun: rank 0 tells what it loads
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    previous = install_signal_handlers()
     try:
+        if hasattr(args, "device"):
+            check_device(args.device)
         return args.run(args)
-    except (FileNotFoundError, ValueError) as err:
+    except Interrupted as stop:
+        logger.error("stopped by %s", stop.name)
+        return 128 + stop.signum
+    except (UsageError, FileNotFoundError, ValueError) as err:
+        logger.debug("stopped", exc_info=True)
         logger.error("%s", err)
         return 2
+    except Exception as err:  # anything else: one line, and the traceback with --verbose
+        logger.debug("unexpected error", exc_info=True)
+        hint = "" if args.verbose else " (run with --verbose to see where)"
+        logger.error("%s%s", describe(err), hint)
+        return 3
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

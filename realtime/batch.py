@@ -1,18 +1,20 @@
 """Batch processing of video files: each input -> a rendered H.264 mp4 and a JSON Lines file.
 
-For input `clip.mp4` the outputs are `OUT/clip.mp4` and `OUT/clip.jsonl`, both written to a temp
-file and renamed only when the whole video succeeded. Rendering and encoding run on a worker
-thread, so the device works on frame t+1 while frame t is drawn and encoded.
+For an input named `sub/clip` (see `realtime.inputs`) the outputs are `OUT/sub/clip.mp4` and
+`OUT/sub/clip.jsonl`, both written to a temp file and renamed only when the whole video
+succeeded: a video that fails part-way (a cut-off file, a decoder error, a full disk, Ctrl-C)
+leaves nothing under its final names. When the input itself breaks off, the frames before the
+break are kept as `OUT/sub/clip.partial.mp4` and `.partial.jsonl`. Rendering and encoding run
+on a worker thread, so the device works on frame t+1 while frame t is drawn and encoded.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,20 +23,21 @@ import numpy as np
 from realtime.pipeline import FrameResult, PosePipeline
 from realtime.results import FramePoses
 from realtime.sinks import JsonlWriter, Mp4Writer
-from realtime.sources import open_source
+from realtime.sources import Frame, open_source
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv"}
-)
-
 Renderer = Callable[[np.ndarray, FramePoses, float | None, float | None], np.ndarray]
+
+# Errors whose message says it all; any other kind is named in the report.
+_PLAIN_ERRORS = (ValueError, RuntimeError, OSError)
 
 
 @dataclass
 class VideoReport:
-    """What happened to one input. `error` is None on success."""
+    """What happened to one input. `error` is None on success; `frames` counts the frames
+    processed (on failure: how far it got). `video` and `jsonl` are the files written: the
+    final ones on success, the `.partial` ones when reading failed part-way, else None."""
 
     source: Path
     video: Path | None = None
@@ -50,25 +53,33 @@ class VideoReport:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def expand_inputs(specs: Iterable[str | Path]) -> list[Path]:
-    """Files, folders (their videos, sorted) and glob patterns -> input paths, in order, unique.
-
-    A spec that matches nothing is kept as given, so it is reported as missing later.
-    """
-    paths: list[Path] = []
-    for spec in specs:
-        text = str(spec)
-        if any(ch in text for ch in "*?["):
-            paths += [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-        elif Path(text).is_dir():
-            paths += sorted(p for p in Path(text).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-        else:
-            paths.append(Path(text))
-    return list(dict.fromkeys(paths))
+def output_paths(name: str, out_dir: Path) -> tuple[Path, Path]:
+    """The rendered video and the JSONL of the input with output name `name` ("sub/clip")."""
+    return out_dir / f"{name}.mp4", out_dir / f"{name}.jsonl"
 
 
-def output_paths(source: Path, out_dir: Path) -> tuple[Path, Path]:
-    return out_dir / f"{source.stem}.mp4", out_dir / f"{source.stem}.jsonl"
+def partial_paths(name: str, out_dir: Path) -> tuple[Path, Path]:
+    """Where the frames before a reading error go: `OUT/sub/clip.partial.mp4` and `.jsonl`."""
+    return out_dir / f"{name}.partial.mp4", out_dir / f"{name}.partial.jsonl"
+
+
+def describe_error(err: BaseException, source: Path | str) -> str:
+    """A one-line reason, without the input's name in front (the caller names it)."""
+    text = str(err).removeprefix(f"{source}: ")
+    if not isinstance(err, _PLAIN_ERRORS) or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text
+
+
+class _ReadError(Exception):
+    """The source failed part-way (its error is the cause); what came before it is sound."""
+
+
+def _read(frames: Iterable[Frame]) -> Iterator[Frame]:
+    try:
+        yield from frames
+    except Exception as err:
+        raise _ReadError() from err
 
 
 def process_video(
@@ -78,20 +89,27 @@ def process_video(
     render: Renderer,
     progress: Callable[[int, int | None], None] | None = None,
     skip_existing: bool = False,
+    name: str | None = None,
 ) -> VideoReport:
     """Run the pipeline over every frame of `source` (no frame dropped) and write both outputs.
 
     Never raises for a bad input: the reason is in the report. `progress(done, total)` is called
-    after each frame (total None when the container does not say).
+    after each frame (total None when the container does not say). `name` is the output name
+    (default: the file's stem). A source that fails part-way (a cut-off file, a decoder error)
+    is a failed input: nothing goes under the final names, and the frames before the error go
+    to `partial_paths` (`report.video` / `report.jsonl` name them). KeyboardInterrupt and the
+    like pass through, after the unfinished outputs are removed.
     """
-    video_path, jsonl_path = output_paths(source, out_dir)
+    name = name or source.stem
+    video_path, jsonl_path = output_paths(name, out_dir)
     report = VideoReport(source)
     if skip_existing and video_path.is_file() and jsonl_path.is_file():
         report.video, report.jsonl, report.skipped = video_path, jsonl_path, True
         return report
     start = time.perf_counter()
+    read_error: _ReadError | None = None
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        video_path.parent.mkdir(parents=True, exist_ok=True)
         with open_source(source, realtime=False) as frames:
             info = frames.info
             pipeline.reset()
@@ -101,18 +119,37 @@ def process_video(
             ):
                 writer = OutputWorker(video, jsonl, render)
                 try:
-                    for result in pipeline.stream(frames):
+                    for result in pipeline.stream(_read(frames)):
                         writer.put(result)
                         report.frames += 1
                         if progress is not None:
                             progress(report.frames, info.frame_count)
-                finally:
-                    writer.close()
+                except _ReadError as err:
+                    read_error = err
+                    if report.frames == 0:
+                        writer.close(cancel=True)
+                        raise
+                    video.keep_as(partial_paths(name, out_dir)[0])
+                    jsonl.keep_as(partial_paths(name, out_dir)[1])
+                except BaseException:
+                    writer.close(cancel=True)  # these outputs are discarded: stop drawing
+                    raise
+                writer.close()
                 report.stage_ms = writer.mean_stage_ms()
-        report.video, report.jsonl = video_path, jsonl_path
+        report.video, report.jsonl = video.path, jsonl.path
+        if read_error is not None:
+            raise read_error
+        for stale in partial_paths(name, out_dir):  # of an earlier run, now complete
+            stale.unlink(missing_ok=True)
     except Exception as err:  # a bad input is reported, never aborts the batch
         logger.debug("failed on %s", source, exc_info=True)
-        report.error = f"{type(err).__name__}: {err}"
+        cause = err.__cause__ if isinstance(err, _ReadError) else err
+        report.error = describe_error(cause, source)
+        if report.frames and read_error is None:
+            report.error += f" (stopped after {report.frames} frames; nothing written)"
+        if read_error is not None and report.video is not None:
+            report.error += f"; the {report.frames} frames before are in {report.video}"
+            report.error += f" and {report.jsonl}"
     report.seconds = time.perf_counter() - start
     return report
 
@@ -126,6 +163,7 @@ class OutputWorker:
         self.video, self.jsonl, self.render = video, jsonl, render
         self._queue: queue.Queue[FrameResult | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._cancel = threading.Event()
         self._totals: dict[str, float] = {}
         self._count = 0
         self._last_done: float | None = None
@@ -133,22 +171,37 @@ class OutputWorker:
         self._thread.start()
 
     def put(self, result: FrameResult) -> None:
-        if self._error is not None:
-            raise RuntimeError("writing the outputs failed") from self._error
+        self._raise_error()
         self._queue.put(result)
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+    def close(self, cancel: bool = False) -> None:
+        """Wait until every result put is written (with `cancel`: dropped instead). Returns
+        only once the thread has ended, even if interrupted (e.g. by Ctrl-C) while waiting,
+        so the writers are never closed under it."""
+        if cancel:
+            self._cancel.set()
+        try:
+            self._queue.put(None)
+            self._thread.join()
+        except BaseException:
+            self._cancel.set()
+            self._queue.put(None)  # the first one may not have gone in
+            self._thread.join()
+            raise
+        if not cancel:
+            self._raise_error()
+
+    def _raise_error(self) -> None:
         if self._error is not None:
-            raise RuntimeError("writing the outputs failed") from self._error
+            err = self._error
+            raise RuntimeError(f"writing the outputs failed: {describe_error(err, '')}") from err
 
     def mean_stage_ms(self) -> dict[str, float]:
         return {k: v / max(self._count, 1) for k, v in self._totals.items()}
 
     def _run(self) -> None:
         while (result := self._queue.get()) is not None:
-            if self._error is not None:
+            if self._error is not None or self._cancel.is_set():
                 continue  # drain, so the producer never blocks on a dead worker
             try:
                 self._write(result)

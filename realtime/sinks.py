@@ -1,8 +1,12 @@
-"""Output writers: H.264 mp4 (with the source's audio copied), JSON Lines poses, COCO results.
+"""Output writers: H.264 mp4 (with the source's audio copied), JSON Lines poses, COCO results,
+rendered images.
 
 Every writer is a context manager that writes to a hidden temporary file next to its final
 path and renames it into place only when it closes cleanly; if the block raises, the temporary
-file is deleted. A crash therefore never leaves a truncated file under the final name.
+file is deleted. A crash therefore never leaves a truncated file under the final name. The
+temporary name (`.clip.mp4.<pid>@<host>.<tag>.part`) records the process that writes it, so
+`remove_stale_parts` can delete what a killed run left behind without touching the files of a
+run still going (another rank of the same job, say).
 
     with Mp4Writer("out/clip.mp4", fps=source.info.fps, audio=source.info.audio) as video, \\
          JsonlWriter("out/clip.jsonl") as poses_out:
@@ -17,12 +21,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import socket
 import uuid
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import av
+import cv2
 import numpy as np
 
 from realtime.results import PIXEL_DECIMALS, SCORE_DECIMALS, FramePoses
@@ -31,6 +38,10 @@ from realtime.sources import AudioTrack
 log = logging.getLogger(__name__)
 
 _Writer = TypeVar("_Writer", bound="_AtomicTextWriter")
+
+# `.NAME.PID@HOST.TAG.part`, and the `.NAME.TAG.part` of earlier versions (no owner recorded).
+_PART = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)@(?P<host>[^/@]+)\.)?[0-9a-f]{8}\.part$")
+_HOST = socket.gethostname().replace("@", "_").replace("/", "_") or "localhost"
 
 
 class _AtomicPath:
@@ -42,13 +53,87 @@ class _AtomicPath:
             raise FileNotFoundError(f"output folder does not exist: {self.final.parent}")
         if self.final.is_dir():
             raise IsADirectoryError(f"output path is a folder: {self.final}")
-        self.temp = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex[:8]}.part")
+        owner = f"{os.getpid()}@{_HOST}"
+        self.temp = self.final.with_name(f".{self.final.name}.{owner}.{uuid.uuid4().hex[:8]}.part")
 
     def commit(self) -> None:
         os.replace(self.temp, self.final)
 
+    def retarget(self, final: str | Path) -> Path:
+        """Commit under `final` instead, a name in the same folder."""
+        final = Path(final)
+        if final.parent.resolve() != self.final.parent.resolve():
+            raise ValueError(f"{final}: not in the folder of {self.final}")
+        self.final = final
+        return final
+
     def discard(self) -> None:
         self.temp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_parts(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed runs left in `folder` and its subfolders.
+
+    A temporary file is stale when the process that wrote it, on this host, no longer runs
+    (or its name records no owner). Files of live processes and of other hosts sharing the
+    folder are kept. Returns the paths removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            match = _PART.match(name)
+            if match is None:
+                continue
+            pid, host = match.group("pid"), match.group("host")
+            if pid is not None and (host != _HOST or _process_alive(int(pid))):
+                continue
+            path = Path(root) / name
+            try:
+                path.unlink()
+            except FileNotFoundError:  # another process cleaned it first
+                continue
+            removed.append(path)
+    if removed:
+        log.info("removed %d unfinished file(s) of earlier runs in %s", len(removed), folder)
+    return removed
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write an (H, W, 3) uint8 RGB image atomically; the format follows the suffix of `path`
+    (.png, .jpg/.jpeg, .webp, .bmp, .tif/.tiff)."""
+    file = _AtomicPath(path)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{file.final}: images must be (H, W, 3) uint8 RGB, got {image.shape}")
+    try:
+        ok, data = cv2.imencode(file.final.suffix.lower(), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"{file.final}: OpenCV cannot write {file.final.suffix} images")
+    try:
+        with open(file.temp, "xb") as fh:
+            fh.write(data.tobytes())
+        file.commit()
+    except BaseException:
+        file.discard()
+        raise
+    return file.final
 
 
 class Mp4Writer:
@@ -216,6 +301,10 @@ class Mp4Writer:
             self._close_audio()
         log.info("wrote %s (%d frames)", self.path, self.frames_written)
 
+    def keep_as(self, path: str | Path) -> None:
+        """On close, move the file to `path` (same folder) instead of the path given."""
+        self.path = self._file.retarget(path)
+
     def _close_audio(self) -> None:
         if self._audio_in is not None:
             self._audio_in.close()
@@ -251,6 +340,10 @@ class _AtomicTextWriter:
 
     def _finish(self) -> None:
         """Write what remains before the rename (subclasses)."""
+
+    def keep_as(self, path: str | Path) -> None:
+        """On close, move the file to `path` (same folder) instead of the path given."""
+        self.path = self._file.retarget(path)
 
     def close(self) -> None:
         if self._fh is None:
@@ -289,6 +382,33 @@ class JsonlWriter(_AtomicTextWriter):
         self._fh.write(poses.to_json() + "\n")
 
 
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write `data` as one JSON document, atomically."""
+    file = _AtomicPath(path)
+    try:
+        with open(file.temp, "x", encoding="utf-8") as fh:
+            json.dump(data, fh, separators=(",", ":"), allow_nan=False)
+        file.commit()
+    except BaseException:
+        file.discard()
+        raise
+    return file.final
+
+
+class ImagePosesWriter(_AtomicTextWriter):
+    """One line per image: `{"image": name, "width": W, "height": H, "poses": [...]}`, the
+    poses in the video schema (`FramePoses.to_dict()["poses"]`, image pixels)."""
+
+    def write(self, image: str, width: int, height: int, poses: FramePoses) -> None:
+        if self._fh is None:
+            raise ValueError(f"{self.path}: write after close")
+        record = {
+            "image": image, "width": int(width), "height": int(height),
+            "poses": poses.to_dict()["poses"],
+        }  # fmt: skip
+        self._fh.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+
+
 class CocoResultsWriter(_AtomicTextWriter):
     """COCO keypoint results, the list `COCO.loadRes` reads:
 
@@ -310,7 +430,7 @@ class CocoResultsWriter(_AtomicTextWriter):
         kpts = np.concatenate(
             [np.round(kpts[..., :2], PIXEL_DECIMALS), np.round(kpts[..., 2:], SCORE_DECIMALS)],
             axis=-1,
-        ).reshape(len(p), -1)
+        ).reshape(len(p), 3 * p.num_keypoints)
         scores = np.round(p.scores.astype(np.float64), SCORE_DECIMALS)
         if not (np.isfinite(kpts).all() and np.isfinite(scores).all()):
             raise ValueError(f"{self.path}: image {image_id} has NaN or inf keypoints or scores")

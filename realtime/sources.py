@@ -17,7 +17,12 @@ Two modes:
 
 An error on the reader thread is raised in the consumer (as a RuntimeError whose cause is the
 original error) once the frames read before it have been consumed; it never ends the stream
-silently.
+silently. A video file whose data ends before its header says (a cut download), or whose
+demuxer hands over a damaged packet, raises `IncompleteVideoError` that way too.
+
+Frames come in the displayed orientation: a video's rotation tag (display matrix) and an
+image's EXIF orientation are applied before the frame is handed on, so a portrait phone clip
+gives portrait frames and keypoints in the orientation a player shows.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+class IncompleteVideoError(ValueError):
+    """A video whose data ends before its header says, or holds a damaged packet."""
+
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 LIVE_URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp"})
@@ -247,8 +257,9 @@ class FrameSource:
             return frame
         error = self._buffer.error
         if error is not None and not self._stop.is_set():
+            reason = str(error).removeprefix(f"{self.info.name}: ") or type(error).__name__
             raise RuntimeError(
-                f"{self.info.name}: reading failed after {self._buffer.produced} frames: {error}"
+                f"{self.info.name}: reading failed after {self._buffer.produced} frames: {reason}"
             ) from error
         raise StopIteration
 
@@ -319,13 +330,19 @@ class VideoSource(FrameSource):
                 )
             stream = self._container.streams.video[0]
             stream.thread_type = "AUTO"
-            self._frames = self._container.decode(stream)
+            self._name = name
+            self._expected = stream.frames or None
+            self._discarded = 0
+            self._frames = self._decode(stream)
             try:
                 first = next(self._frames)
             except StopIteration:
                 raise ValueError(f"{name}: not a decodable video: no frame in the stream") from None
             except av.error.FFmpegError as err:
                 raise ValueError(f"{name}: not a decodable video: {err}") from err
+            except IncompleteVideoError as err:
+                reason = str(err).removeprefix(f"{name}: ")
+                raise IncompleteVideoError(f"{name}: not a decodable video: {reason}") from err
         except BaseException:
             self._container.close()
             raise
@@ -334,15 +351,35 @@ class VideoSource(FrameSource):
         if not rate:
             log.warning("%s reports no frame rate; assuming %.0f fps", name, DEFAULT_FPS)
         scheme = name.split("://", 1)[0].lower() if is_url else ""
+        self.rotation = _quarter_turns(first.rotation) * 90
+        if self.rotation:
+            log.info("%s is tagged to be shown turned by %d degrees", name, self.rotation)
+        sideways = self.rotation in (90, 270)
         self.info = SourceInfo(
             name=name,
             fps=float(rate) if rate else DEFAULT_FPS,
-            width=first.width,
-            height=first.height,
+            width=first.height if sideways else first.width,
+            height=first.width if sideways else first.height,
             frame_count=stream.frames or None,
             audio=_audio_track(self._container, name) if not is_url else None,
             live=scheme in LIVE_URL_SCHEMES or (is_url and self._container.duration is None),
         )
+
+    def _decode(self, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+        """Demux and decode by hand: with frame threading, `container.decode` drops the
+        decoder's error on a cut-off last packet, so a damaged packet is caught here."""
+        packets = 0
+        for packet in self._container.demux(stream):
+            packets += packet.size > 0
+            if packet.is_corrupt:
+                of = f" of {self._expected}" if self._expected else ""
+                raise IncompleteVideoError(
+                    f"{self._name}: the data ends or is damaged at frame {packets}{of} "
+                    "(a cut-off or damaged file)"
+                )
+            if packet.is_discard:  # decoded for reference only (edit lists), never shown
+                self._discarded += 1
+            yield from packet.decode()
 
     def _read(self) -> Iterator[Frame]:
         fps = self.info.fps
@@ -352,20 +389,34 @@ class VideoSource(FrameSource):
         index = 0
         for index, frame in enumerate(frames, start=1):
             yield self._convert(index, frame, fps)
-        expected = self.info.frame_count
+        expected = self._expected and self._expected - self._discarded
         if expected and index + 1 < expected and not self._stop.is_set():
-            log.warning(
-                "%s ended after %d of %d frames; the file may be truncated",
-                *(self.info.name, index + 1, expected),
+            raise IncompleteVideoError(
+                f"{self.info.name}: the file ends after frame {index + 1} but its header lists "
+                f"{expected} frames (a cut-off file)"
             )
 
     @staticmethod
     def _convert(index: int, frame: av.VideoFrame, fps: float) -> Frame:
         pts = frame.time if frame.time is not None else index / fps
-        return Frame(index, float(pts), frame.to_ndarray(format="rgb24"), time.monotonic())
+        image = _turn(frame.to_ndarray(format="rgb24"), _quarter_turns(frame.rotation))
+        return Frame(index, float(pts), image, time.monotonic())
 
     def _release(self) -> None:
         self._container.close()
+
+
+def _quarter_turns(degrees: float) -> int:
+    """Counter-clockwise quarter turns (0-3) nearest to a display rotation in degrees."""
+    return round(degrees / 90) % 4
+
+
+_ROTATE_CODES = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+
+
+def _turn(image: np.ndarray, quarter_turns: int) -> np.ndarray:
+    """`image` turned counter-clockwise by `quarter_turns` x 90 degrees (C-contiguous)."""
+    return cv2.rotate(image, _ROTATE_CODES[quarter_turns]) if quarter_turns else image
 
 
 def _audio_track(container: av.container.InputContainer, name: str) -> AudioTrack | None:
@@ -387,11 +438,58 @@ def _natural_key(path: Path) -> list[int | str]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+# EXIF orientation (tag 0x0112) -> (counter-clockwise quarter turns, mirror first).
+_EXIF_ORIENTATIONS = {1: (0, False), 2: (0, True), 3: (2, False), 4: (2, True),
+                      5: (1, True), 6: (3, False), 7: (3, True), 8: (1, False)}  # fmt: skip
+
+
+def _exif_orientation(path: Path) -> int:
+    from PIL import Image  # only the header is read
+
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(0x0112, 1))
+    except Exception:  # no EXIF, or a format Pillow does not know: as stored
+        return 1
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB, C-contiguous, in the orientation EXIF says to show.
+
+    8- and 16-bit (scaled by 255/65535), gray, gray+alpha and RGBA images are accepted;
+    transparent pixels are composited over white. Raises ValueError naming the file if it
+    cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the file: {err.strerror or err}") from err
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        raise ValueError(f"{path}: not a readable image (damaged, or a format OpenCV lacks)")
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float32) * (255 / 65535)).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"{path}: {image.dtype} pixels are not supported (8 or 16 bit only)")
+    if image.ndim == 2:
+        image = image[..., None]
+    channels = image.shape[2]
+    if channels in (2, 4):  # alpha last: composite over white
+        alpha = image[..., -1:].astype(np.float32) / 255
+        color = image[..., :-1].astype(np.float32)
+        image = np.round(color * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        channels -= 1
+    if channels == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif channels == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    else:
+        raise ValueError(f"{path}: {image.shape[2]}-channel images are not supported")
+    turns, mirror = _EXIF_ORIENTATIONS.get(_exif_orientation(path), (0, False))
+    if mirror:
+        image = cv2.flip(image, 1)
+    return np.ascontiguousarray(_turn(image, turns))
 
 
 class ImageFolderSource(FrameSource):
@@ -415,7 +513,7 @@ class ImageFolderSource(FrameSource):
             raise ValueError(
                 f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder"
             )
-        self._first = _read_rgb(self._paths[0])
+        self._first = read_image(self._paths[0])
         self.info = SourceInfo(
             name=str(folder),
             fps=fps,
@@ -431,7 +529,7 @@ class ImageFolderSource(FrameSource):
         yield Frame(0, 0.0, self._first, time.monotonic())
         self._first = None
         for index, path in enumerate(self._paths[1:], start=1):
-            yield Frame(index, index / fps, _read_rgb(path), time.monotonic())
+            yield Frame(index, index / fps, read_image(path), time.monotonic())
 
     def _release(self) -> None:
         self._first = None

@@ -1,3 +1,9 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
 import pytest
 import torch
 
@@ -13,3 +19,53 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def clip_frame(i: int, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: a smooth gradient and a white square in the top-left corner that
+    moves right by one pixel per frame, so the orientation of a frame is plain to see."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack(
+        [60 + 120 * x / width, 60 + 120 * y / height, np.full_like(x, 90 + (i % 7) * 5)], axis=-1
+    ).astype(np.uint8)
+    side = max(4, min(height, width) // 6)
+    image[2 : 2 + side, 2 + i : 2 + i + side] = 255
+    return image
+
+
+def write_clip(
+    path: Path,
+    frames: int = 12,
+    size: tuple[int, int] = (48, 64),
+    fps: int = 10,
+    rotation: float | None = None,
+    faststart: bool = False,
+) -> Path:
+    """An H.264 mp4 of `clip_frame`s, (height, width) = `size`, stored unrotated; `rotation`
+    writes a display matrix (counter-clockwise degrees, as PyAV's VideoFrame.rotation reads
+    it back); `faststart` puts the moov box before the media data."""
+    height, width = size
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", format="mp4", options=options) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "18"}
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(clip_frame(i, height, width), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture
+def make_clip():
+    return write_clip
+
+
+@pytest.fixture
+def clip_image():
+    return clip_frame

@@ -1,13 +1,18 @@
 """`python app.py video` end to end, the way a user runs it, on the bundled sample clip."""
 
+import argparse
 import json
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -28,29 +33,20 @@ def pose_checkpoint(tmp_path_factory) -> Path:
     )
 
 
-def run_app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    # A random-weight YOLO scores every box alike: conf 0 and --det-max 3 give three "people".
-    detector = [
-        "--detector",
-        "yolo11n.yaml",
-        "--det-conf",
-        "0",
-        "--det-max",
-        "3",
-        "--det-size",
-        "320",
-    ]
-    command = [
-        sys.executable,
-        str(ROOT / "app.py"),
-        *args,
-        *detector,
-        "--min-score",
-        "0",
-        "--device",
-        "cpu",
-    ]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+# A random-weight YOLO scores every box alike: conf 0 and --det-max 3 give three "people".
+MODEL_FLAGS = ["--detector", "yolo11n.yaml", "--det-conf", "0", "--det-max", "3",
+               "--det-size", "320", "--min-score", "0", "--device", "cpu"]  # fmt: skip
+
+
+def app_command(*args: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, *launcher, str(ROOT / "app.py"), *args, *MODEL_FLAGS]
+
+
+def run_app(*args: str, cwd: Path, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        app_command(*args, launcher=launcher), cwd=cwd, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
 
 
 def test_video_command_processes_good_input_and_reports_bad_ones(tmp_path, pose_checkpoint):
@@ -77,9 +73,10 @@ def test_video_command_processes_good_input_and_reports_bad_ones(tmp_path, pose_
 
     assert result.returncode == 1, result.stderr
     log = result.stdout + result.stderr
-    assert f"FAILED {corrupt}" in log and "not a decodable video" in log
-    assert f"FAILED {missing}" in log and "FileNotFoundError" in log
-    assert "2 of 3 inputs failed" in log
+    assert f"FAILED {corrupt}: not a decodable video" in log
+    assert f"FAILED {missing}: no such file or folder" in log
+    assert f"2 of 3 inputs failed: {missing}, {corrupt}" in log
+    assert "Traceback" not in log
     assert sorted(p.name for p in out.iterdir()) == ["good.jsonl", "good.mp4"]
 
     with av.open(str(VTEST_SHORT)) as src, av.open(str(out / "good.mp4")) as dst:
@@ -166,12 +163,17 @@ def test_demo_with_no_flags_finds_the_figures_with_the_ap_readme_states(tmp_path
     assert 100 * metrics["AP"] == pytest.approx(float(stated.group(1)), abs=2.0)
 
 
-def test_every_pipeline_flag_reaches_its_config():
+def _load_app():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
+    return app
+
+
+def test_every_pipeline_flag_reaches_its_config():
+    app = _load_app()
     args = app.parser().parse_args(
         ["video", "--nms-threshold", "0.5", "--det-every", "3", "--det-size", "320",
          "--min-score", "0.2", "--decoder", "dark", "--blur", "0", "--temporal", "oneeuro"]
@@ -183,3 +185,235 @@ def test_every_pipeline_flag_reaches_its_config():
     assert options.temporal.method == "oneeuro"
     defaults = app.pipeline_options(app.parser().parse_args(["video"]))
     assert defaults.pipeline.nms_threshold == 0.9 and defaults.detection.imgsz is None
+
+
+def _write_avi(path: Path, frames: int, clip_frame, size: tuple[int, int] = (48, 64)) -> Path:
+    height, width = size
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(clip_frame(i, height, width), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def _frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_video_inputs_are_literal_outputs_distinct_and_failures_named(
+    tmp_path, pose_checkpoint, make_clip, clip_image
+):
+    """Real folders of files as a new user has them: brackets in names, one stem in two
+    folders, clip.avi beside clip.mp4, a cut-off download, a pattern that matches nothing, an
+    image folder among the videos, and a temp file a killed run left in the output folder."""
+    clips = tmp_path / "clips"
+    (clips / "a").mkdir(parents=True)
+    (clips / "b").mkdir()
+    make_clip(clips / "a" / "clip [1080p].mp4", frames=3)
+    make_clip(clips / "a" / "x.mp4", frames=4)
+    make_clip(clips / "b" / "x.mp4", frames=5)
+    _write_avi(clips / "b" / "clip.avi", 6, clip_image)
+    make_clip(clips / "b" / "clip.mp4", frames=7)
+    full = make_clip(tmp_path / "full.mp4", frames=60, size=(48, 64), faststart=True)
+    cut = clips / "b" / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "p.png"), np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "out"
+    (out / "b").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = out / "b" / f".x.mp4.{int(dead.stdout)}@{socket.gethostname()}.0123abcd.part"
+    stale.write_bytes(b"left by a killed run")
+
+    args = ["video", "clips/a/clip [1080p].mp4", "clips", "nothing*.mp4", "photos",
+            "--out", "out", "--pose", str(pose_checkpoint)]  # fmt: skip
+    result = run_app(*args, cwd=tmp_path)
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log
+    assert "Traceback" not in log
+    assert "FAILED nothing*.mp4: no such file, and no file matches it as a pattern" in log
+    assert "FAILED photos: no video files" in log and "use `app.py images`" in log
+    failed_cut = re.search(r"FAILED clips/b/cut.mp4: reading failed after (\d+) frames: the data "
+                           r"ends or is damaged at frame (\d+) of 60", log)  # fmt: skip
+    assert failed_cut, log
+    assert 0 < int(failed_cut.group(1)) <= int(failed_cut.group(2)) < 60
+    assert "3 of 8 inputs failed: nothing*.mp4, photos, clips/b/cut.mp4" in log
+    # Mirrored below the folder given, told apart where a stem repeats; nothing under the cut
+    # file's names (its first frames as .partial), and the stale temp file is gone.
+    # The bracketed file is named on its own (and found again in clips/): named once, as itself.
+    assert _files(out) == [
+        "a/x.jsonl", "a/x.mp4",
+        "b/clip.avi.jsonl", "b/clip.avi.mp4", "b/clip.mp4.jsonl", "b/clip.mp4.mp4",
+        "b/cut.partial.jsonl", "b/cut.partial.mp4",
+        "b/x.jsonl", "b/x.mp4", "clip [1080p].jsonl", "clip [1080p].mp4",
+    ]  # fmt: skip
+    reached = int(failed_cut.group(1))
+    assert f"the {reached} frames before are in out/b/cut.partial.mp4 and out/b/cut.partial" in log
+    counts = {"clip [1080p]": 3, "a/x": 4, "b/x": 5, "b/clip.avi": 6, "b/clip.mp4": 7,
+              "b/cut.partial": reached}  # fmt: skip
+    for name, n in counts.items():
+        assert _frames(out / f"{name}.mp4") == n, name
+        assert len((out / f"{name}.jsonl").read_text().splitlines()) == n, name
+
+    files = _files(out)
+    again = run_app(*args, "--skip-existing", cwd=tmp_path)
+    assert again.returncode == 1, again.stderr
+    assert again.stdout.count("skipped ") == 5 and "FAILED clips/b/cut.mp4" in again.stdout
+    assert _files(out) == files
+
+
+def test_images_command_writes_poses_coco_and_rendered_images(tmp_path, pose_checkpoint):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    with av.open(str(SYNTHETIC_WALK)) as container:
+        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")[::2, ::2].copy()
+    cv2.imwrite(str(photos / "walk.jpg"), rgb[..., ::-1])
+    cv2.imwrite(str(photos / "sub" / "deep.png"), rgb[..., ::-1].astype(np.uint16) * 257)
+    cv2.imwrite(str(photos / "sub" / "gray.webp"), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    pil = Image.fromarray(rgb)
+    exif = pil.getexif()
+    exif[0x0112] = 8  # stored landscape, shown turned counter-clockwise: portrait
+    pil.save(photos / "turned.png", exif=exif)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    result = run_app("images", "photos", "--out", "out", "--pose", str(pose_checkpoint),
+                     cwd=tmp_path)  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log
+    assert "FAILED photos/broken.jpg: not a readable image" in log
+    assert "1 of 5 inputs failed: photos/broken.jpg" in log and "4 images posed" in log
+    assert "Traceback" not in log
+    out = tmp_path / "out"
+    assert _files(out) == ["coco_images.json", "coco_results.json", "poses.jsonl",
+                           "sub/deep.png", "sub/gray.webp", "turned.png", "walk.jpg"]  # fmt: skip
+    lines = [json.loads(line) for line in (out / "poses.jsonl").read_text().splitlines()]
+    assert [(r["image"], r["width"], r["height"]) for r in lines] == [
+        ("sub/deep.png", 480, 270), ("sub/gray.webp", 480, 270), ("turned.png", 270, 480),
+        ("walk.jpg", 480, 270),
+    ]  # fmt: skip
+    for record in lines:
+        assert set(record) == {"image", "width", "height", "poses"}
+        assert 1 <= len(record["poses"]) <= 3
+        for pose in record["poses"]:
+            assert set(pose) == {"track_id", "box", "score", "keypoints"}
+            assert pose["track_id"] == -1 and np.array(pose["keypoints"]).shape == (17, 3)
+            x1, y1, x2, y2 = pose["box"]
+            assert 0 <= x1 < x2 <= record["width"] and 0 <= y1 < y2 <= record["height"]
+    coco = json.loads((out / "coco_results.json").read_text())
+    assert len(coco) == sum(len(r["poses"]) for r in lines)
+    assert {r["image_id"] for r in coco} <= {1, 2, 3, 4}
+    assert cv2.imread(str(out / "turned.png")).shape == (480, 270, 3)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_cleanly_with_a_summary(tmp_path, pose_checkpoint, make_clip, signum):
+    make_clip(tmp_path / "a_first.mp4", frames=2)
+    long_clip = make_clip(tmp_path / "b_long.mp4", frames=400, size=(96, 128))
+    out = tmp_path / "out"
+    command = app_command("video", "a_first.mp4", "b_long.mp4", "--out", "out",
+                          "--pose", str(pose_checkpoint))  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        # Wait until the first clip is done and the long one is being written.
+        while not (list(out.glob(".b_long.mp4.*.part")) and (out / "a_first.jsonl").exists()):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the long clip never started"
+            time.sleep(0.05)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signum, stderr
+    name = signal.Signals(signum).name
+    lines = [line for line in stdout.splitlines() if "interrupted" in line]
+    assert len(lines) == 1, stdout
+    assert lines[0].startswith(f"interrupted by {name} during b_long.mp4 (frame ")
+    assert "1 of 2 input(s) finished and kept" in lines[0]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert _files(out) == ["a_first.jsonl", "a_first.mp4"]  # partial files removed
+    assert not long_clip.with_suffix(".jsonl").exists()
+
+
+def test_torchrun_splits_inputs_and_merges_one_summary(tmp_path, pose_checkpoint, make_clip):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i, frames in enumerate((3, 4, 5)):
+        make_clip(clips / f"c{i}.mp4", frames=frames)
+    (clips / "bad.mp4").write_bytes(b"\x00" * 5000)
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+    result = run_app("video", "clips", "--out", "out", "--pose", str(pose_checkpoint),
+                     cwd=tmp_path, launcher=launcher)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    done = re.findall(r"\[rank (\d)/2\] clips/(c\d).mp4 -> ", out)
+    failed = re.findall(r"\[rank (\d)/2\] FAILED clips/bad.mp4: not a decodable video", out)
+    # Every input exactly once, on both ranks between them; the bad one stops no one.
+    assert sorted(c for _, c in done) == ["c0", "c1", "c2"] and len(failed) == 1
+    assert {r for r, _ in done} | set(failed) == {"0", "1"}
+    assert out.count("inputs failed") == 1 and "1 of 4 inputs failed: clips/bad.mp4" in out
+    assert _files(tmp_path / "out") == [f"c{i}.{ext}" for i in range(3) for ext in ("jsonl", "mp4")]
+    for i, frames in enumerate((3, 4, 5)):
+        assert _frames(tmp_path / "out" / f"c{i}.mp4") == frames
+
+
+def test_user_errors_are_one_clear_line(tmp_path, pose_checkpoint, make_clip):
+    make_clip(tmp_path / "clip.mp4", frames=2)
+    bad_weights = tmp_path / "broken.pt"
+    bad_weights.write_bytes(b"not a checkpoint" * 100)
+    (tmp_path / "a_file").write_text("")
+    cases = {
+        "--detector": (["--detector", str(bad_weights)],
+                       f"--detector {bad_weights}: cannot load it: "),
+        "--out": (["--out", "a_file"], "--out a_file: a file is in the way; give a folder"),
+        "--device": (["--device", "nonsense"], "--device nonsense: not a device"),
+    }  # fmt: skip
+    if not torch.cuda.is_available():
+        cases["cuda"] = (["--device", "cuda"], "--device cuda: CUDA is not available here")
+    for flag, (extra, message) in cases.items():
+        command = [sys.executable, str(ROOT / "app.py"), "video", "clip.mp4", "--pose",
+                   str(pose_checkpoint), *MODEL_FLAGS, *extra]  # fmt: skip
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2, (flag, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+        assert len(errors) == 1 and message in errors[0], (flag, result.stderr)
+        assert "Traceback" not in result.stderr, flag
+    assert not (tmp_path / "out").exists() or _files(tmp_path / "out") == []
+    # --verbose adds the traceback.
+    command = [sys.executable, str(ROOT / "app.py"), "video", "clip.mp4", "--device", "gpu", "-v"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" in result.stderr
+    assert "ERROR ccm-pose: --device gpu: not a device; use cpu, cuda or cuda:N" in result.stderr
+
+
+def test_help_shows_every_default():
+    app = _load_app()
+    root = app.parser()
+    commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("video", "images", "ui", "bench"):
+        sub = commands.choices[name]
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or action.required:
+                continue
+            if not action.option_strings and action.nargs == "+":
+                continue  # images needs inputs: nothing to default to
+            assert "default" in formatter._get_help_string(action), (name, action.dest)
+    video = " ".join(commands.choices["video"].format_help().split())
+    assert "--blur BLUR Gaussian filter size on heatmaps (GF); 0 = off (default: 11)" in video
+    assert "--skip-existing skip inputs whose two outputs already exist (default: off)" in video
+    assert "--out OUT output folder (default: out)" in video

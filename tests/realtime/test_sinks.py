@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,15 @@ from pycocotools.cocoeval import COCOeval
 
 from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS
 from realtime.results import FramePoses
-from realtime.sinks import CocoResultsWriter, JsonlWriter, Mp4Writer
+from realtime.sinks import (
+    CocoResultsWriter,
+    ImagePosesWriter,
+    JsonlWriter,
+    Mp4Writer,
+    remove_stale_parts,
+    write_image,
+    write_json,
+)
 from realtime.sources import open_source
 
 
@@ -316,3 +326,103 @@ def test_coco_results_load_and_score_perfectly(tmp_path: Path):
         evaluator.summarize()
     assert len(coco_dt.getAnnIds()) == 3
     assert evaluator.stats[0] == pytest.approx(1.0)  # AP: predictions equal the ground truth
+
+
+def test_temp_files_name_their_writer_and_only_stale_ones_are_removed(tmp_path: Path):
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(dead.stdout)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [
+            out / f".clip.mp4.{dead_pid}@{host}.0123abcd.part",  # killed run, this host
+            out / "sub" / f".x.jsonl.{dead_pid}@{host}.89abcdef.part",
+            out / ".old.mp4.deadbeef.part",  # an earlier version's name: no owner recorded
+        ]
+        kept = [
+            out / f".live.mp4.{alive.pid}@{host}.0123abcd.part",  # a run still going
+            out / f".other.mp4.{dead_pid}@some-other-host.0123abcd.part",  # can't tell: keep
+            out / "clip.mp4",
+            out / "notes.part",
+        ]
+        for path in stale + kept:
+            path.write_bytes(b"x")
+        with JsonlWriter(out / "mine.jsonl") as mine:  # this process's own temp file
+            temp = next(out.glob(".mine.jsonl.*.part"))
+            assert temp.name.startswith(f".mine.jsonl.{os.getpid()}@{host}.")
+            assert sorted(remove_stale_parts(out)) == sorted(stale)
+            assert temp.exists()
+            mine.write(FramePoses.empty(0, 0.0))
+        assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+        assert (out / "mine.jsonl").read_text().startswith('{"frame":0')
+        assert remove_stale_parts(out) == [] and remove_stale_parts(tmp_path / "none") == []
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_write_image_and_json_are_atomic(tmp_path: Path):
+    image = _smooth_frame(0, 10, 14)
+    for suffix in (".png", ".webp"):
+        path = write_image(tmp_path / f"a{suffix}", image)
+        back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., ::-1]
+        if suffix == ".png":
+            np.testing.assert_array_equal(back, image)
+    with pytest.raises(ValueError, match=r"a\.xyz: OpenCV cannot write"):
+        write_image(tmp_path / "a.xyz", image)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        write_image(tmp_path / "b.png", image[..., 0])
+    write_json(tmp_path / "c.json", {"a": [1, 2.5]})
+    assert json.loads((tmp_path / "c.json").read_text()) == {"a": [1, 2.5]}
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "d.json", {"a": float("nan")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a.webp", "c.json"]
+
+
+def test_image_poses_writer_uses_the_video_pose_schema(tmp_path: Path):
+    keypoints = torch.rand(2, 17, 3, dtype=torch.float64) * 50
+    poses = FramePoses(
+        0, 0.0, torch.tensor([[1.0, 2.0, 30.0, 40.0], [5.0, 6.0, 7.0, 8.0]]),
+        torch.tensor([0.9, 0.5]), keypoints, torch.tensor([-1, -1]),
+    )  # fmt: skip
+    path = tmp_path / "poses.jsonl"
+    with ImagePosesWriter(path) as writer:
+        writer.write("sub/a.jpg", 640, 480, poses)
+        writer.write("b.png", 3, 2, FramePoses.empty(0, 0.0))
+        assert not path.exists()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0] == {"image": "sub/a.jpg", "width": 640, "height": 480,
+                        "poses": poses.to_dict()["poses"]}  # fmt: skip
+    assert lines[0]["poses"][0]["keypoints"][3] == [
+        round(float(keypoints[0, 3, 0]), 2), round(float(keypoints[0, 3, 1]), 2),
+        round(float(keypoints[0, 3, 2]), 4),
+    ]  # fmt: skip
+    assert lines[1] == {"image": "b.png", "width": 3, "height": 2, "poses": []}
+
+
+def test_coco_results_writer_takes_a_frame_without_people(tmp_path: Path):
+    with CocoResultsWriter(tmp_path / "r.json") as writer:
+        writer.write(1, FramePoses.empty(0, 0.0))
+        writer.write(2, FramePoses.empty(1, 0.1).numpy())
+        assert len(writer) == 0
+    assert json.loads((tmp_path / "r.json").read_text()) == []
+
+
+def test_writers_can_be_kept_under_another_name_in_their_folder(tmp_path: Path):
+    with Mp4Writer(tmp_path / "clip.mp4", 10.0) as video, JsonlWriter(tmp_path / "c.jsonl") as js:
+        video.write(_smooth_frame(0, 16, 16))
+        js.write(FramePoses.empty(0, 0.0))
+        video.keep_as(tmp_path / "clip.partial.mp4")
+        js.keep_as(tmp_path / "c.partial.jsonl")
+        with pytest.raises(ValueError, match="not in the folder of"):
+            js.keep_as(tmp_path / "elsewhere" / "c.jsonl")
+    assert video.path == tmp_path / "clip.partial.mp4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.partial.jsonl", "clip.partial.mp4"]
+    assert len(_decode(tmp_path / "clip.partial.mp4")[1]) == 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -14,8 +16,10 @@ from realtime.sources import (
     CameraSource,
     FrameSource,
     ImageFolderSource,
+    IncompleteVideoError,
     VideoSource,
     open_source,
+    read_image,
 )
 
 CLIP_FRAMES = 50
@@ -132,11 +136,14 @@ def test_random_bytes_are_not_a_video(tmp_path: Path):
         open_source(bad, realtime=False)
 
 
-def test_truncated_mp4_reports_pyav_reason(tmp_path: Path):
+def test_truncated_mp4_names_the_frame_it_breaks_at(tmp_path: Path):
     # 20 kB keeps the moov box (the clip is written moov-first) but cuts the first keyframe.
     bad = tmp_path / "truncated.mp4"
     bad.write_bytes(VTEST_SHORT.read_bytes()[:20_000])
-    with pytest.raises(ValueError, match="truncated.mp4: not a decodable video: .*Invalid data"):
+    with pytest.raises(
+        IncompleteVideoError,
+        match="truncated.mp4: not a decodable video: the data ends or is damaged at frame 1 of 50",
+    ):
         open_source(bad, realtime=False)
 
 
@@ -228,3 +235,155 @@ def test_camera_source_is_chosen_for_device_specs(monkeypatch):
             assert source.info.live and source.info.frame_count is None
             assert next(source).image.shape == (4, 6, 3)
     assert opened == [0, 1, "/dev/video2"]
+
+
+def _stored_frames(path: Path) -> tuple[list[np.ndarray], list[int]]:
+    """The frames as stored (PyAV, no rotation applied) and each frame's display rotation."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return [f.to_ndarray(format="rgb24") for f in frames], [f.rotation for f in frames]
+
+
+@pytest.mark.parametrize("degrees", [-90, 90, 180])
+def test_rotation_tag_gives_frames_as_displayed(tmp_path: Path, make_clip, degrees: int):
+    # -90 is a portrait phone clip (the old "rotate=90" tag: turn clockwise to show it).
+    path = make_clip(tmp_path / "tagged.mp4", frames=6, size=(48, 80), rotation=degrees)
+    stored, rotations = _stored_frames(path)
+    assert [r % 360 for r in rotations] == [degrees % 360] * 6  # PyAV reads 180 as -180
+    assert stored[0].shape == (48, 80, 3)
+    with open_source(path, realtime=False) as source:
+        info = source.info
+        frames = list(source)
+    sideways = degrees in (-90, 90)
+    assert (info.width, info.height) == ((48, 80) if sideways else (80, 48))
+    assert source.rotation == degrees % 360
+    assert len(frames) == 6
+    for frame, raw in zip(frames, stored, strict=True):
+        assert frame.image.flags.c_contiguous
+        np.testing.assert_array_equal(frame.image, np.rot90(raw, k=degrees // 90))
+    if degrees == -90:
+        # The white square stored top-left shows top-right, as a player turns it ...
+        first = frames[0].image
+        assert first[3, -4].min() > 240 and first[3, 3].max() < 200
+        # ... and OpenCV's own rotation handling (an independent reader) agrees.
+        capture = cv2.VideoCapture(str(path))
+        ok, bgr = capture.read()
+        capture.release()
+        assert ok and bgr.shape == (80, 48, 3)
+        assert np.abs(bgr[..., ::-1].astype(int) - frames[0].image).mean() < 1.0
+
+
+def test_cut_off_fast_start_mp4_fails_at_the_frame_it_breaks(tmp_path: Path, make_clip):
+    full = make_clip(tmp_path / "full.mp4", frames=60, size=(64, 96), faststart=True)
+    data = full.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")  # the header lists all 60 frames
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with av.open(str(cut)) as container:
+        assert container.streams.video[0].frames == 60
+    received = []
+    with (
+        pytest.raises(RuntimeError, match=r"cut.mp4: reading failed after \d+ frames: ") as err,
+        open_source(cut, realtime=False) as source,
+    ):
+        for frame in source:
+            received.append(frame.index)
+    assert isinstance(err.value.__cause__, IncompleteVideoError)
+    broke_at = int(re.search(r"damaged at frame (\d+) of 60", str(err.value)).group(1))
+    assert 10 < broke_at < 50
+    assert received == list(range(len(received))) and len(received) <= broke_at
+
+
+def test_file_cut_between_frames_fails_on_the_header_count(tmp_path: Path, make_clip):
+    full = make_clip(tmp_path / "full.mp4", frames=40, size=(48, 64), faststart=True)
+    with av.open(str(full)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    end = packets[24][0] + packets[24][1]  # the last byte of frame 25: no packet is damaged
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[:end])
+    with (
+        pytest.raises(
+            RuntimeError,
+            match="cut.mp4: reading failed after 25 frames: the file ends after frame 25 but "
+            r"its header lists 40 frames \(a cut-off file\)",
+        ) as err,
+        open_source(cut, realtime=False) as source,
+    ):
+        received = []
+        for frame in source:
+            received.append(frame.index)
+    assert isinstance(err.value.__cause__, IncompleteVideoError)
+    assert received == list(range(25))
+    # The whole file reads to the end without complaint.
+    with open_source(full, realtime=False) as source:
+        assert len(list(source)) == 40
+
+
+def _png_with_exif(path: Path, image: np.ndarray, orientation: int) -> Path:
+    from PIL import Image
+
+    pil = Image.fromarray(image)
+    exif = pil.getexif()
+    exif[0x0112] = orientation
+    pil.save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_read_image_applies_exif_orientation(tmp_path: Path, orientation: int):
+    from PIL import Image, ImageOps
+
+    image = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    path = _png_with_exif(tmp_path / "o.png", image, orientation)
+    got = read_image(path)
+    with Image.open(path) as pil:  # Pillow's own EXIF handling is the reference
+        expected = np.asarray(ImageOps.exif_transpose(pil).convert("RGB"))
+    assert got.shape == expected.shape == ((5, 7, 3) if orientation <= 4 else (7, 5, 3))
+    np.testing.assert_array_equal(got, expected)
+    assert got.flags.c_contiguous and got.dtype == np.uint8
+
+
+def test_read_image_formats_all_give_rgb_uint8(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    # 16-bit: 65535 maps to 255, 257 * v to v, 32896 (= 128.0 * 257) to 128.
+    deep = rgb.astype(np.uint16) * 257
+    deep[0, 0] = (65535, 32896, 0)
+    assert cv2.imwrite(str(tmp_path / "deep.png"), np.ascontiguousarray(deep[..., ::-1]))
+    gray = rng.integers(0, 256, (6, 9), dtype=np.uint8)
+    assert cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    assert cv2.imwrite(str(tmp_path / "gray16.png"), gray.astype(np.uint16) * 257)
+    alpha = np.zeros((6, 9), np.uint8)
+    alpha[:, :3], alpha[:, 3:6] = 255, 51  # opaque, 20 %, transparent
+    assert cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([bgr, alpha]))
+    assert cv2.imwrite(str(tmp_path / "lossless.webp"), bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])
+    y, x = np.mgrid[0:6, 0:9]
+    smooth = np.dstack([60 + 8 * y, 60 + 8 * x, np.full_like(x, 80)]).astype(np.uint8)
+    smooth_bgr = np.ascontiguousarray(smooth[..., ::-1])
+    assert cv2.imwrite(str(tmp_path / "photo.jpg"), smooth_bgr, [cv2.IMWRITE_JPEG_QUALITY, 100])
+
+    expected_deep = rgb.copy()
+    expected_deep[0, 0] = (255, 128, 0)
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png"), expected_deep)
+    np.testing.assert_array_equal(read_image(tmp_path / "gray.png"), np.dstack([gray] * 3))
+    np.testing.assert_array_equal(read_image(tmp_path / "gray16.png"), np.dstack([gray] * 3))
+    over_white = read_image(tmp_path / "rgba.png").astype(int)
+    np.testing.assert_array_equal(over_white[:, :3], rgb[:, :3])
+    np.testing.assert_array_equal(over_white[:, 6:], 255)
+    np.testing.assert_array_equal(over_white[:, 3:6], np.round(rgb[:, 3:6] * 0.2 + 255 * 0.8))
+    np.testing.assert_array_equal(read_image(tmp_path / "lossless.webp"), rgb)
+    assert np.abs(read_image(tmp_path / "photo.jpg").astype(int) - smooth).mean() < 2
+    for name in ("deep.png", "gray.png", "rgba.png", "photo.jpg"):
+        image = read_image(tmp_path / name)
+        assert image.shape == (6, 9, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
+
+
+def test_read_image_names_an_unreadable_file(tmp_path: Path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for name in ("broken.png", "empty.jpg"):
+        with pytest.raises(ValueError, match=f"{name}: not a readable image"):
+            read_image(tmp_path / name)
+    with pytest.raises(ValueError, match="missing.png: cannot read the file"):
+        read_image(tmp_path / "missing.png")

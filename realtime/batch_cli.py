@@ -1,0 +1,188 @@
+"""The `video` and `images` commands: inputs expanded, shared out across torchrun ranks, run
+with progress bars, one line per input and one summary line; the exit code says if any failed.
+
+    exit = run_videos(["clips/"], Path("out"), options)      # 0 all done, 1 some input failed,
+    exit = run_images(["photos/"], Path("out"), options)     # 128 + signal number if stopped
+
+These are the command-line layer (tqdm, lines on stdout); the work itself is
+`realtime.batch.process_video` and `realtime.images.process_images`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from realtime import distributed
+from realtime.assemble import PipelineOptions
+from realtime.batch import describe_error, process_video
+from realtime.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, process_images
+from realtime.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
+from realtime.render import render_frame
+from realtime.sinks import remove_stale_parts
+from realtime.temporal import TemporalConfig
+from realtime.usage import Interrupted, UsageError, check_out_dir, load_pipeline
+
+logger = logging.getLogger(__name__)
+
+
+def _say(line: str) -> None:
+    """One line on stdout, above the progress bars, at once (also into a pipe, under torchrun)."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def _video_input_problems(found: ExpandedInputs) -> list[tuple[str, str]]:
+    """Arguments that gave nothing, with a hint where one helps."""
+    problems = []
+    for spec, why in found.unmatched:
+        if Path(spec).is_dir() and expand_inputs([spec], IMAGE_SUFFIXES).files:
+            why += "; it holds images: use `app.py images`"
+        problems.append((spec, why))
+    return problems
+
+
+def run_videos(
+    specs: Sequence[str | Path], out: Path, options: PipelineOptions, skip_existing: bool = False
+) -> int:
+    """`app.py video`: every video of `specs` -> OUT/name.mp4 and OUT/name.jsonl. Under
+    torchrun each rank runs its share on its own device and rank 0 prints the summary."""
+    ranks = distributed.ranks_from_env()
+    check_out_dir(out)
+    found = expand_inputs(specs, VIDEO_SUFFIXES, exclude=out)
+    problems = _video_input_problems(found)
+    inputs = []
+    for item in found.files:
+        if item.path.suffix.lower() in IMAGE_SUFFIXES:
+            problems.append((str(item.path), "an image, not a video: use `app.py images`"))
+        else:
+            inputs.append(item)
+    remove_stale_parts(out)
+    distributed.start(ranks)
+    tag = f"[{ranks.label}] " if ranks.distributed else ""
+    mine = distributed.shard(inputs, [_size(i.path) for i in inputs], ranks)
+    if ranks.rank == 0:
+        for spec, why in problems:
+            _say(f"FAILED {spec}: {why}")
+    rows: list[tuple[str, str | None]] = []  # (input, error or None) for the summary
+    state = {"current": None, "frame": 0}
+    try:
+        if mine:
+            try:
+                device = distributed.rank_device(options.device, ranks)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+            pipeline = load_pipeline(dataclasses.replace(options, device=device))
+        show = not ranks.distributed or ranks.rank == 0
+        with tqdm(total=len(mine), desc=f"{tag}videos", unit="video", disable=not show) as bar:
+            for item in mine:
+                state["current"], state["frame"] = item.path, 0
+                with tqdm(desc=item.path.name, unit="frame", leave=False, disable=not show) as fb:
+
+                    def progress(done: int, total: int | None, fb=fb) -> None:
+                        state["frame"] = done
+                        fb.total = total
+                        fb.update(done - fb.n)
+
+                    report = process_video(
+                        item.path, out, pipeline, render_frame, progress, skip_existing,
+                        name=item.name,
+                    )  # fmt: skip
+                bar.update(1)
+                rows.append((str(item.path), report.error))
+                if report.error:
+                    _say(f"{tag}FAILED {item.path}: {report.error}")
+                elif report.skipped:
+                    _say(f"{tag}skipped {item.path}: {report.video} and {report.jsonl} exist")
+                else:
+                    done = f"{report.frames} frames, {report.fps:.1f} fps"
+                    _say(f"{tag}{item.path} -> {report.video}, {report.jsonl} ({done})")
+            state["current"] = None
+    except Interrupted as stop:
+        where = f" during {state['current']} (frame {state['frame']})" if state["current"] else ""
+        finished = sum(1 for _, error in rows if error is None)
+        _say(
+            f"{tag}interrupted by {stop.name}{where}: {finished} of {len(mine)} input(s) "
+            "finished and kept, the unfinished one's files removed; run again with "
+            "--skip-existing to go on"
+        )
+        return 128 + stop.signum
+    except UsageError as err:
+        if not ranks.distributed:
+            raise
+        rows = [(str(i.path), describe_error(err, "")) for i in mine]  # tell the others
+        _say(f"{tag}error: {err}")
+    merged = [row for part in distributed.gather(rows, ranks) for row in part]
+    failed = [spec for spec, _ in problems] + [name for name, error in merged if error]
+    total = len(problems) + len(merged)
+    if ranks.rank == 0:
+        if failed:
+            _say(failed_summary(failed, total))
+        else:
+            spread = f" on {ranks.world_size} processes" if ranks.distributed else ""
+            _say(f"all {total} inputs done{spread}; outputs in {out}")
+    distributed.stop(ranks)
+    return 1 if failed else 0
+
+
+def failed_summary(failed: list[str], total: int, shown: int = 5) -> str:
+    names = ", ".join(failed[:shown])
+    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
+    return f"{len(failed)} of {total} inputs failed: {names}{more}"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def run_images(specs: Sequence[str | Path], out: Path, options: PipelineOptions) -> int:
+    """`app.py images`: every image of `specs` posed on its own (temporal fusion off) ->
+    OUT/poses.jsonl, OUT/coco_results.json, OUT/coco_images.json and rendered images."""
+    check_out_dir(out)
+    found = expand_inputs(specs, IMAGE_SUFFIXES, keep_suffix=True, exclude=out, kind="image")
+    for spec, why in found.unmatched:
+        _say(f"FAILED {spec}: {why}")
+    remove_stale_parts(out)
+    failed = [spec for spec, _ in found.unmatched]
+    total = len(found.unmatched) + len(found.files)
+    state = {"done": 0}
+    try:
+        if found.files:
+            options = dataclasses.replace(options, temporal=TemporalConfig(method="none"))
+            pipeline = load_pipeline(options)
+            with tqdm(total=len(found.files), desc="images", unit="image") as bar:
+
+                def progress(report: ImageReport) -> None:
+                    state["done"] += 1
+                    bar.update(1)
+                    if report.error:
+                        failed.append(str(report.source))
+                        _say(f"FAILED {report.source}: {report.error}")
+                    else:
+                        state["posed"] = state.get("posed", 0) + 1
+                        logger.debug("%s -> %s (%d people)", *(report.source, report.rendered,
+                                     report.people))  # fmt: skip
+
+                process_images(found.files, out, pipeline, render_frame, progress)
+    except Interrupted as stop:
+        _say(
+            f"interrupted by {stop.name} after {state['done']} of {len(found.files)} images: "
+            f"the rendered images are kept, {POSES_FILE} and {COCO_RESULTS_FILE} not written"
+        )
+        return 128 + stop.signum
+    if failed:
+        _say(failed_summary(failed, total))
+    if found.files:
+        _say(
+            f"{state.get('posed', 0)} images posed: {out / POSES_FILE}, "
+            f"{out / COCO_RESULTS_FILE}, rendered images in {out}"
+        )
+    return 1 if failed else 0

@@ -1,0 +1,167 @@
+"""process_video with a stand-in pipeline: outputs only for complete inputs, in the displayed
+orientation, under the names given, and nothing left behind by an interrupt."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from realtime.batch import describe_error, output_paths, partial_paths, process_video
+from realtime.pipeline import FrameResult
+from realtime.render import render_frame
+from realtime.results import FramePoses
+
+
+class SquareFinder:
+    """The pipeline interface process_video uses (reset, stream), with one "person" per frame:
+    every keypoint at the centre of the frame's white square (pixel centres at integers)."""
+
+    def __init__(self, interrupt_at: int | None = None) -> None:
+        self.interrupt_at = interrupt_at
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def stream(self, frames):
+        for frame in frames:
+            if frame.index == self.interrupt_at:
+                raise KeyboardInterrupt
+            ys, xs = np.nonzero(frame.image.min(axis=2) > 240)
+            x, y = float(xs.mean()), float(ys.mean())
+            keypoints = torch.tensor([[[x, y, 1.0]] * 17])
+            box = torch.tensor(
+                [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float
+            )
+            poses = FramePoses(
+                frame.index,
+                frame.pts,
+                box,
+                torch.ones(1),
+                keypoints,
+                torch.zeros(1, dtype=torch.long),
+            )
+            yield FrameResult(frame, poses, {"detect": 0.0})
+
+
+def _square_centre(index: int, height: int, width: int) -> tuple[float, float]:
+    """Centre (x, y) of tests/conftest.py's clip_frame square, as stored."""
+    side = max(4, min(height, width) // 6)
+    return 2 + index + (side - 1) / 2, 2 + (side - 1) / 2
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.is_file())
+
+
+def test_rotated_clip_comes_out_as_displayed_with_keypoints_to_match(tmp_path: Path, make_clip):
+    # A portrait phone clip: stored 80 wide x 48 high, tagged to be turned clockwise.
+    height, width, n = 48, 80, 8
+    clip = make_clip(tmp_path / "phone.mp4", frames=n, size=(height, width), rotation=-90)
+    out = tmp_path / "out"
+    report = process_video(clip, out, SquareFinder(), render_frame, name="sub/phone")
+    assert report.error is None and report.frames == n
+    assert (report.video, report.jsonl) == output_paths("sub/phone", out)
+    assert _leftovers(out) == ["phone.jsonl", "phone.mp4"]
+    with av.open(str(report.video)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+    assert len(frames) == n
+    assert all(f.rotation == 0 for f in frames)  # turned in the pixels, no tag left to apply
+    assert (frames[0].width, frames[0].height) == (height, width)  # portrait
+    for line, i in zip(report.jsonl.read_text().splitlines(), range(n), strict=True):
+        record = json.loads(line)
+        x, y = _square_centre(i, height, width)
+        # Turned clockwise: stored (x, y) is shown at (height - 1 - y, x).
+        expected = [height - 1 - y, x]
+        keypoints = np.array(record["poses"][0]["keypoints"])
+        np.testing.assert_allclose(keypoints[:, :2], [expected] * 17, atol=0.51)
+        assert record["frame"] == i and record["pts"] == pytest.approx(i / 10, abs=1e-4)
+
+
+def test_cut_off_fast_start_mp4_leaves_nothing_under_its_names(tmp_path: Path, make_clip):
+    full = make_clip(tmp_path / "full.mp4", frames=60, size=(64, 96), faststart=True)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    out = tmp_path / "out"
+    pipeline = SquareFinder()
+    report = process_video(clip, out, pipeline, render_frame, name="sub/clip")
+    assert report.error is not None and 0 < report.frames < 60
+    # Nothing under the final names; what was read before the break, under names that say so.
+    partial = partial_paths("sub/clip", out)
+    assert (report.video, report.jsonl) == partial
+    assert report.error == (
+        f"reading failed after {report.frames} frames: the data ends or is damaged at frame "
+        f"{report.error.split('damaged at frame ')[1].split(' ')[0]} of 60 (a cut-off or damaged "
+        f"file); the {report.frames} frames before are in {partial[0]} and {partial[1]}"
+    )
+    assert _leftovers(out) == ["clip.partial.jsonl", "clip.partial.mp4"]  # no temp file
+    with av.open(str(partial[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == report.frames
+    lines = partial[1].read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == list(range(report.frames))
+    # Once the whole file is there, the same pipeline object does it all and the partial
+    # files go.
+    clip.write_bytes(full.read_bytes())
+    good = process_video(clip, out, pipeline, render_frame, name="sub/clip")
+    assert good.error is None and good.frames == 60 and pipeline.resets == 2
+    assert (good.video, good.jsonl) == output_paths("sub/clip", out)
+    assert _leftovers(out) == ["clip.jsonl", "clip.mp4"]
+
+
+def test_an_input_broken_from_its_first_frame_leaves_nothing(tmp_path: Path, make_clip):
+    full = make_clip(tmp_path / "full.mp4", frames=30, size=(48, 64), faststart=True)
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(full)) as container:
+        first = next(p for p in container.demux(video=0) if p.size)
+    clip.write_bytes(full.read_bytes()[: first.pos + first.size // 2])  # half the first frame
+    out = tmp_path / "out"
+    report = process_video(clip, out, SquareFinder(), render_frame)
+    assert report.error == (
+        "not a decodable video: the data ends or is damaged at frame 1 of 30 (a cut-off or "
+        "damaged file)"
+    )
+    assert (report.video, report.jsonl, report.frames) == (None, None, 0)
+    assert _leftovers(out) == []
+
+
+def test_skip_existing_uses_the_output_name(tmp_path: Path, make_clip):
+    clip = make_clip(tmp_path / "x.mp4", frames=3)
+    out = tmp_path / "out"
+    first = process_video(clip, out, SquareFinder(), render_frame, name="a/x")
+    assert first.error is None
+    again = process_video(clip, out, SquareFinder(), render_frame, skip_existing=True, name="a/x")
+    assert again.skipped and again.video == out / "a" / "x.mp4"
+    other = process_video(clip, out, SquareFinder(), render_frame, skip_existing=True, name="b/x")
+    assert not other.skipped and other.frames == 3
+    assert _leftovers(out) == ["x.jsonl", "x.jsonl", "x.mp4", "x.mp4"]
+
+
+def test_interrupt_removes_partial_files_and_keeps_finished_ones(tmp_path: Path, make_clip):
+    out = tmp_path / "out"
+    done = make_clip(tmp_path / "done.mp4", frames=3)
+    assert process_video(done, out, SquareFinder(), render_frame).error is None
+    clip = make_clip(tmp_path / "clip.mp4", frames=12)
+    with pytest.raises(KeyboardInterrupt):
+        process_video(clip, out, SquareFinder(interrupt_at=5), render_frame)
+    assert _leftovers(out) == ["done.jsonl", "done.mp4"]
+    # The render / encode thread ended before its writers were closed and deleted.
+    assert not [t for t in threading.enumerate() if t.name == "ccm-output"]
+
+
+def test_missing_and_undecodable_inputs_are_reports_not_exceptions(tmp_path: Path):
+    bad = tmp_path / "random.mp4"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    report = process_video(bad, tmp_path / "out", SquareFinder(), render_frame)
+    assert report.error.startswith("not a decodable video: ")
+    missing = process_video(tmp_path / "none.mp4", tmp_path / "out", SquareFinder(), render_frame)
+    assert missing.error == f"source not found: {tmp_path / 'none.mp4'}"
+    assert describe_error(MemoryError(), "x") == "MemoryError"
+    assert describe_error(KeyError("k"), "x") == "KeyError: 'k'"
+    assert describe_error(ValueError("x: bad"), "x") == "bad"
