@@ -28,7 +28,7 @@ configure_offline()  # before ultralytics or gradio is imported
 from ccm.refine import DECODE_METHODS  # noqa: E402
 from realtime.assemble import PipelineOptions  # noqa: E402
 from realtime.detector import DetectorConfig  # noqa: E402
-from realtime.engine import BACKENDS, EngineConfig  # noqa: E402
+from realtime.engine import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
 from realtime.pipeline import NMS_METHODS, PipelineConfig  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
 from realtime.temporal import METHODS as TEMPORAL_METHODS  # noqa: E402
@@ -72,6 +72,19 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
     )
     models.add_argument(
         "--half", action="store_true", help="fp16 on CUDA for the pose network and detector"
+    )
+    models.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="arithmetic of both networks: auto = bf16 on a CPU with AMX / AVX512-BF16, fp16 on "
+        "CUDA with --half, else fp32",
+    )
+    models.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="frames of a file that go through the detector and the pose network together",
     )
     refine = parser.add_argument_group("refinement (paper Sec. 5)")
     refine.add_argument("--no-flip", action="store_true", help="turn the flip test off (faster)")
@@ -135,6 +148,7 @@ def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
         engine=EngineConfig(
             backend=args.backend,
             half=args.half,
+            precision=args.precision,
             flip_test=not args.no_flip,
             flip_alpha=args.ssp_alpha,
             decoder=args.decoder,
@@ -145,13 +159,15 @@ def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
             iou=args.det_iou,
             imgsz=args.det_size,
             max_det=args.det_max,
-            half=args.half,
+            half=args.half or args.precision == "fp16",
+            precision="auto" if args.precision == "fp16" else args.precision,
         ),
         pipeline=PipelineConfig(
             det_every=args.det_every,
             nms=args.nms,
             nms_threshold=args.nms_threshold,
             min_pose_score=args.min_score,
+            batch_size=args.batch_size,
         ),
         temporal=TemporalConfig(method=args.temporal),
     )

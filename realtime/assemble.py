@@ -73,9 +73,11 @@ def build_pipeline(options: PipelineOptions) -> PosePipeline:
         options.engine, device=device, half=options.engine.half and device != "cpu"
     )
     estimator = PoseEstimator(model, pose_config, engine_config)
+    logger.info("pose stage: %s", ", ".join(f"{k} {v}" for k, v in estimator.describe().items()))
     detector_weights = options.detector or default_detector_weights()
     detection = dataclasses.replace(options.detection, device=device, weights=str(detector_weights))
     detector = PersonDetector(detection)
-    logger.info("person detector: %s", detection.weights)
+    logger.info("person detector: %s (%s, input %d)", detection.weights, detector.precision,
+                detector.config.imgsz)  # fmt: skip
     temporal = TemporalFusion(options.temporal) if options.temporal.method != "none" else None
     return PosePipeline(detector, estimator, temporal, options.pipeline)

@@ -516,6 +516,12 @@ def _report(
             "input_size": list(pose.input_size),
             "detector": str(getattr(getattr(pipeline.detector, "config", None), "weights", "")),
         },
+        # What the "auto" choices resolved to on this machine.
+        "profile": {
+            "pose": pipeline.estimator.describe(),
+            "detector_precision": getattr(pipeline.detector, "precision", None),
+            "batch_size": pipeline.config.batch_size,
+        },
         "source": {
             "path": str(config.source),
             "width": info.width,

@@ -155,6 +155,7 @@ class PoseEstimator:
         self._mean = (torch.tensor(IMAGENET_MEAN) * 255).view(shape).to(self.device)
         self._std = (torch.tensor(IMAGENET_STD) * 255).view(shape).to(self.device)
         network = _inference_copy(model, pose, self.device, self.dtype)
+        self.folded = not any(isinstance(m, nn.BatchNorm2d) for m in network.modules())
         if self.device.type == "cpu":  # oneDNN's fast convolutions are channels-last
             network = network.to(memory_format=torch.channels_last)
         decoder = _Decoder(self.codec, config.flip_test)
@@ -165,6 +166,21 @@ class PoseEstimator:
             self._network = self._compiled_network(network)
             self._decode = torch.compile(decoder, dynamic=False)
             self.warm_up(progress)
+
+    def describe(self) -> dict[str, object]:
+        """What runs, as chosen for this device: printed at start, recorded by the benchmark."""
+        return {
+            "backend": self.config.backend,
+            "device": str(self.device),
+            "precision": self.precision,
+            "bf16_hardware": cpu_has_bf16() if self.device.type == "cpu" else None,
+            "channels_last": self.device.type == "cpu",
+            "batch_norms_folded": self.folded,
+            "flip_test": self.config.flip_test,
+            "decoder": self.config.decoder,
+            "blur_kernel": self.config.blur_kernel,
+            "batch_buckets": list(self.config.batch_buckets),
+        }
 
     @property
     def crops_per_person(self) -> int:
