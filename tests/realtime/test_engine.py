@@ -242,3 +242,34 @@ def test_gpu_real_network_fp16_and_compile_agree_with_fp32():
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
     a, b = ref(frame, boxes), half(frame, boxes)
     assert (a[..., 2] - b[..., 2]).abs().max() < 2e-2 * a[..., 2].abs().max()
+
+
+def test_tensorrt_cache_key_changes_with_weights_precision_gpu_and_versions(monkeypatch):
+    import sys
+    import types
+
+    from realtime.engine import tensorrt_cache_key
+
+    versions = {"tensorrt": "10.9.0", "torch_tensorrt": "2.14.0"}
+    for name, version in versions.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(__version__=version))
+    gpu = {"name": "NVIDIA H200"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu["name"])
+
+    def key(model=None, dtype=torch.float16, max_batch=64) -> str:
+        return tensorrt_cache_key(model or DotFinder(), POSE, dtype, "cuda", max_batch)
+
+    base = key()
+    assert "H200" in base and "float16" in base and "trt2.14.0" in base and "b1-64" in base
+    assert key() == base  # the same inputs find the same engine
+    other_weights = DotFinder()
+    with torch.no_grad():
+        other_weights.scale.fill_(2.0)
+    assert key(other_weights) != base
+    assert key(dtype=torch.float32) != base
+    assert key(max_batch=32) != base
+    gpu["name"] = "NVIDIA H100 80GB HBM3"
+    assert key() != base
+    gpu["name"] = "NVIDIA H200"
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.10.0"))
+    assert key() != base
