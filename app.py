@@ -100,7 +100,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     track.add_argument(
         "--temporal",
         choices=TEMPORAL_METHODS,
-        default="softnms",
+        default="kalman",
         help="temporal fusion across frames",
     )
 
