@@ -57,6 +57,7 @@ from torch import Tensor
 
 from ccm.nms import oks
 from ccm.skeleton import COCO_FLIP_PAIRS, COCO_SIGMAS, flip_permutation
+from realtime.detector import boxes_from_keypoints
 from realtime.kalman import (
     COCO_LIMB_PAIRS,
     KalmanConfig,
@@ -290,6 +291,7 @@ class TemporalFusion:
         self.config = config
         self._tracks: _Tracks | None = None
         self._pts: float | None = None
+        self._last: tuple[Tensor, Tensor] | None = None  # the last frame's slots and keypoints
         # Built once; moved to a device once, at its first frame, never again after a reset.
         k = len(config.sigmas)
         self._constants = {
@@ -305,6 +307,7 @@ class TemporalFusion:
         """Forget every track; the next id is 0 again."""
         self._tracks = None
         self._pts = None
+        self._last: tuple[Tensor, Tensor] | None = None
 
     @torch.inference_mode()
     def __call__(self, poses: FramePoses) -> FramePoses:
@@ -342,7 +345,35 @@ class TemporalFusion:
 
         track_ids = torch.where(slot >= 0, s.ids[slot.clamp(min=0)], -1)
         keypoints = torch.cat([out, scores], -1).to(poses.keypoints.dtype)
+        self._last = (slot, keypoints)
         return FramePoses(poses.frame, poses.pts, poses.boxes, poses.scores, keypoints, track_ids)
+
+    @torch.inference_mode()
+    def predicted_boxes(
+        self,
+        pts: float,
+        score_thr: float = 0.3,
+        padding: float = 1.25,
+        image_size: tuple[int, int] | None = None,
+    ) -> Tensor:
+        """Boxes for a frame at `pts` seconds without detection (`--det-every`), from the tracks.
+
+        One box per person of the last frame this stage returned, in its row order: around that
+        person's returned keypoints, moved to `pts` by their track's mean keypoint velocity (the
+        body's motion: swinging limbs, extrapolated one by one, would overshoot; a person
+        without a track stays where it was), as `realtime.detector.boxes_from_keypoints`
+        makes them from poses with these arguments. Returns (N, 4) x1, y1, x2, y2 in image
+        pixels on the frames' device; (0, 4) before the first frame. No host sync.
+        """
+        if self._last is None or self._tracks is None or self._pts is None:
+            return torch.zeros((0, 4))
+        slot, keypoints = self._last
+        s, dt = self._tracks, float(pts) - self._pts
+        idx = slot.clamp(min=0)
+        velocity = s.kf_v[idx] if self.config.method == "kalman" else s.velocity[idx]
+        step = velocity.mean(1, keepdim=True) * dt * (slot >= 0)[:, None, None]
+        ahead = torch.cat([keypoints[..., :2].float() + step, keypoints[..., 2:].float()], -1)
+        return boxes_from_keypoints(ahead, score_thr, padding, image_size)
 
     def _checked(self, poses: FramePoses) -> tuple[Tensor, Tensor]:
         """Validate one frame; returns keypoints (N, K, 3) float32 and box areas (N,) pixels^2."""

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from ccm.nms import oks
+from realtime.detector import boxes_from_keypoints
 from realtime.kalman import KalmanConfig
 from realtime.results import FramePoses
 from realtime.temporal import OneEuroConfig, TemporalConfig, TemporalFusion
@@ -380,6 +381,33 @@ def test_oneeuro_matches_the_reference_filter() -> None:
         np.testing.assert_allclose(out[:, 1], pose[:, 1], atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["kalman", "softnms"])
+def test_predicted_boxes_follow_the_tracks_to_the_next_frame(method: str) -> None:
+    gt = _walkers(3, 1.0)
+    fusion = TemporalFusion(TemporalConfig(method=method))
+    assert fusion.predicted_boxes(0.0).shape == (0, 4)
+    score = np.full((3, K), 0.9)
+    for t in range(20):
+        fusion(_frame(t, t / FPS, gt[t], score))
+    # Frame 20 has no detection: boxes for the three people of frame 19, moved on by 1/FPS.
+    boxes = fusion.predicted_boxes(20 / FPS, image_size=(240, 320)).numpy()
+    truth = torch.tensor(np.concatenate([gt[20], score[..., None]], -1))
+    expected = boxes_from_keypoints(truth, image_size=(240, 320)).numpy()
+    stale = boxes_from_keypoints(
+        torch.tensor(np.concatenate([gt[19], score[..., None]], -1)), image_size=(240, 320)
+    ).numpy()
+    assert boxes.shape == (3, 4)
+
+    def centres(b: np.ndarray) -> np.ndarray:
+        return (b[:, :2] + b[:, 2:]) / 2
+
+    # The body moves on with its track; the limbs' own swing in that frame is not predicted.
+    moved = np.abs(centres(boxes) - centres(expected)).mean()
+    assert moved < 0.5 * np.abs(centres(stale) - centres(expected)).mean()
+    assert np.abs(boxes - expected).mean() < np.abs(stale - expected).mean()
+
+
+# ----------------------------------------------------------------------------- track ids
 # ----------------------------------------------------------------------------- track ids
 
 
