@@ -135,7 +135,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
     track.add_argument(
         "--temporal",
         choices=TEMPORAL_METHODS,
-        default="softnms",
+        default="kalman",
         help="temporal fusion across frames",
     )
 

@@ -538,6 +538,37 @@ def walking_pose(phase: float, yaw: float, stride_deg: float = 28.0) -> Pose:
     )
 
 
+def swinging_pose(phase: float, yaw: float) -> Pose:
+    """Fast limb swings at `phase` (radians): arms swing 75 degrees each way, fore and aft, with
+    the elbows whipping, and the legs stride 35 degrees (a brisk, exaggerated gait).
+
+    As in `walking_pose` every angle is a smooth function of phase; what differs is the reach of
+    the swing, so the hands and feet sweep far faster than a walker's.
+    """
+    a, s, c = math.radians(35.0), math.sin(phase), math.cos(phase)
+    arm = math.radians(75.0)
+
+    def swing_knee(ph: float) -> float:
+        return math.radians(8.0 + 60.0 * max(0.0, math.cos(ph - 0.4)) ** 2)
+
+    return _clip_to_limits(
+        dict(
+            yaw=yaw,
+            spine_pitch=math.radians(6.0),
+            spine_twist=math.radians(8.0) * s,
+            hip_flex=(a * s, -a * s),
+            knee=(swing_knee(phase), swing_knee(phase + math.pi)),
+            ankle=(math.radians(5.0), math.radians(5.0)),
+            shoulder_flex=(-arm * s, arm * s),
+            shoulder_abd=(math.radians(15.0 + 10.0 * c), math.radians(15.0 - 10.0 * c)),
+            elbow=(
+                math.radians(20.0 + 70.0 * max(0.0, -s)),
+                math.radians(20.0 + 70.0 * max(0.0, s)),
+            ),
+        )
+    )
+
+
 _SKIN_TONES: tuple[RGB, ...] = (
     (255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 90), (160, 102, 66),
     (120, 74, 48), (88, 54, 36),

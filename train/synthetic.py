@@ -8,6 +8,7 @@
     annotations/unlabeled_images.json               list of COCO `images` entries
     detections/person_detections_{train,val}.json   COCO detection results (jittered + false)
     videos/walk_NNN.mp4 + walk_NNN.json             H.264 clips with per-frame ground truth
+                                                    (MOTION_NNN for motions other than walk)
 
 Everything is a function of the seed: each image draws from its own generator seeded by
 (seed, split, index), so the same seed gives byte-identical JSON and identical images.
@@ -49,6 +50,7 @@ from train.figures import (
     sample_appearance,
     sample_pose,
     sample_proportions,
+    swinging_pose,
     walking_pose,
 )
 
@@ -98,9 +100,19 @@ class SceneConfig:
             raise ValueError(f"need max_people >= 0 and min_person_height >= 8, got {self}")
 
 
+# Kinds of motion a clip can show (`VideoConfig.motion`, `sample_tracks`).
+MOTIONS = ("walk", "swing", "turn", "enter")
+
+
 @dataclass(frozen=True)
 class VideoConfig:
-    """A walking clip. With num_people >= 2 the first two cross paths mid-clip."""
+    """A clip of moving figures. With num_people >= 2 the first two cross paths mid-clip.
+
+    motion: "walk" (steady gait, 0.8 standing heights per second), "swing" (fast, wide arm and
+    leg swings at 2 gait cycles per second), "turn" (slow walkers that spin about their vertical
+    axis, half a turn per second or faster), "enter" (fast walkers that come in from one side
+    of the frame and leave by the other, at staggered times).
+    """
 
     width: int = 320
     height: int = 240
@@ -108,6 +120,7 @@ class VideoConfig:
     seconds: float = 2.0
     num_people: int = 2
     crf: int = 20
+    motion: str = "walk"
 
     @property
     def num_frames(self) -> int:
@@ -120,6 +133,8 @@ class VideoConfig:
             )
         if self.fps <= 0 or self.seconds <= 0 or self.num_people < 0:
             raise ValueError(f"need fps > 0, seconds > 0, num_people >= 0, got {self}")
+        if self.motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {MOTIONS}, got {self.motion!r}")
 
 
 @dataclass(frozen=True)
@@ -597,7 +612,7 @@ def generate_dataset(out: Path, config: SyntheticConfig | None = None) -> Datase
     aic_images, aic_ann = _write_aic(out, cfg)
     unlabeled_images, unlabeled_list = _write_unlabeled(out, cfg)
     videos = tuple(
-        generate_video(out / "videos" / f"walk_{i:03d}.mp4", cfg.video, cfg.seed, i)
+        generate_video(out / "videos" / f"{cfg.video.motion}_{i:03d}.mp4", cfg.video, cfg.seed, i)
         for i in range(cfg.num_videos)
     )
     return DatasetPaths(
@@ -611,7 +626,11 @@ def generate_dataset(out: Path, config: SyntheticConfig | None = None) -> Datase
 
 @dataclass(frozen=True)
 class Track:
-    """A figure walking in a straight line: its hip midpoint is start + frame * velocity (px)."""
+    """A figure moving in a straight line: its hip midpoint is start + frame * velocity (px).
+
+    Its facing is yaw + frame * yaw_rate. The gait advances by phase_rate radians per frame, or,
+    when that is None, by one cycle per 0.8 standing heights walked (the feet barely slide).
+    """
 
     track_id: int
     start: tuple[float, float]
@@ -621,18 +640,29 @@ class Track:
     phase: float  # gait phase at frame 0 (radians)
     proportions: Proportions
     appearance: Appearance
+    yaw_rate: float = 0.0  # radians per frame
+    phase_rate: float | None = None  # radians per frame
+    swing: bool = False  # `swinging_pose` instead of `walking_pose`
 
     def at(self, frame: int) -> Figure:
         """The figure in `frame`."""
         x, y = self.start[0] + frame * self.velocity[0], self.start[1] + frame * self.velocity[1]
-        # One gait cycle per 0.8 standing heights walked keeps the feet from sliding much.
-        phase = self.phase + 2 * math.pi * frame * math.hypot(*self.velocity) / (0.8 * self.height)
-        pose = walking_pose(phase, self.yaw)
+        if self.phase_rate is None:
+            step = 2 * math.pi * math.hypot(*self.velocity) / (0.8 * self.height)
+            phase = self.phase + frame * step
+        else:
+            phase = self.phase + frame * self.phase_rate
+        yaw = self.yaw + frame * self.yaw_rate
+        pose = (swinging_pose if self.swing else walking_pose)(phase, yaw)
         return Figure(pose, self.proportions, self.appearance, self.height, (x, y))
 
 
 def sample_tracks(rng: np.random.Generator, cfg: VideoConfig) -> list[Track]:
-    """Walkers at about 0.8 standing heights per second; tracks 0 and 1 meet mid-clip."""
+    """The clip's figures, by `cfg.motion` (see `VideoConfig`); tracks 0 and 1 meet mid-clip.
+
+    "walk" draws exactly the walkers it always did for a seed, so older clips regenerate as they
+    were; the other motions draw their extra parameters after those.
+    """
     width, height, n = cfg.width, cfg.height, cfg.num_frames
     tracks = []
     for tid in range(cfg.num_people):
@@ -650,8 +680,43 @@ def sample_tracks(rng: np.random.Generator, cfg: VideoConfig) -> list[Track]:
         yaw = direction * math.radians(70.0 if crossing else rng.uniform(50, 85))
         start, velocity = (x0, feet - 0.5 * size), (direction * speed, vy)
         phase, props = rng.uniform(0, 2 * math.pi), sample_proportions(rng)
-        tracks.append(Track(tid, start, velocity, size, yaw, phase, props, sample_appearance(rng)))
+        track = Track(tid, start, velocity, size, yaw, phase, props, sample_appearance(rng))
+        tracks.append(_with_motion(track, rng, cfg, direction))
     return tracks
+
+
+def _with_motion(
+    track: Track, rng: np.random.Generator, cfg: VideoConfig, direction: float
+) -> Track:
+    """A walker of `sample_tracks` changed into a figure of `cfg.motion`."""
+    n, size, fps = cfg.num_frames, track.height, cfg.fps
+    centre_frame = (n - 1) / 2
+    if cfg.motion == "swing":  # slower travel, two wide gait cycles per second
+        speed = rng.uniform(0.3, 0.5) * size / fps
+        rate = 2 * math.pi * rng.uniform(1.6, 2.4) / fps
+        x0 = track.start[0] + (abs(track.velocity[0]) - speed) * direction * centre_frame
+        return replace(
+            track, start=(x0, track.start[1]), velocity=(direction * speed, track.velocity[1]),
+            phase_rate=rate, swing=True,
+        )  # fmt: skip
+    if cfg.motion == "turn":  # half a turn to a turn per second, either way, while strolling
+        speed = rng.uniform(0.15, 0.3) * size / fps
+        yaw_rate = float(rng.choice((-1.0, 1.0))) * math.pi * rng.uniform(1.0, 2.0) / fps
+        x0 = track.start[0] + (abs(track.velocity[0]) - speed) * direction * centre_frame
+        return replace(
+            track, start=(x0, track.start[1]), velocity=(direction * speed, track.velocity[1]),
+            yaw_rate=yaw_rate, phase_rate=2 * math.pi * 0.6 / fps,
+        )  # fmt: skip
+    if cfg.motion == "enter":  # in from one side at a staggered frame, out by the other
+        crossing = track.track_id < 2
+        span = cfg.width + 0.8 * size
+        frames = n * (0.7 if crossing else rng.uniform(0.5, 0.8))
+        speed = span / frames
+        enter = (n - frames) / 2 if crossing else rng.uniform(0.0, n - frames)
+        first_x = -0.4 * size if direction > 0 else cfg.width + 0.4 * size
+        x0 = first_x - direction * speed * enter
+        return replace(track, start=(x0, track.start[1]), velocity=(direction * speed, 0.0))
+    return track
 
 
 def _track_entry(track_id: int, person: PersonLabel, annotate: bool) -> dict:
@@ -709,6 +774,7 @@ def generate_video(
     gt = {
         "video": path.name,
         "fps": cfg.fps,
+        "motion": cfg.motion,
         "width": cfg.width,
         "height": cfg.height,
         "num_frames": cfg.num_frames,
@@ -718,6 +784,7 @@ def generate_video(
                 "height": round(tr.height, 2),
                 "start": _rounded(tr.start),
                 "velocity": [round(v, 6) for v in tr.velocity],
+                "yaw_rate": round(tr.yaw_rate, 6),
             }
             for tr in tracks
         ],
@@ -725,7 +792,7 @@ def generate_video(
     }
     gt_path = path.with_suffix(".json")
     _write_json(gt_path, gt)
-    log.info("wrote %s: %d frames, %d walkers", path, cfg.num_frames, len(tracks))
+    log.info("wrote %s: %d frames, %d figures (%s)", path, cfg.num_frames, len(tracks), cfg.motion)
     return VideoPaths(path, gt_path)
 
 
@@ -754,11 +821,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-people", type=int, default=4, help="figures per image (0..N)")
     parser.add_argument("--min-size", type=_size, default=(256, 192), help="smallest image WxH")
     parser.add_argument("--max-size", type=_size, default=(640, 480), help="largest image WxH")
-    parser.add_argument("--videos", type=int, default=1, help="walking clips")
+    parser.add_argument("--videos", type=int, default=1, help="clips")
     parser.add_argument("--video-size", type=_size, default=(320, 240), help="e.g. 1920x1080")
     parser.add_argument("--video-fps", type=int, default=25)
     parser.add_argument("--video-seconds", type=float, default=2.0)
     parser.add_argument("--video-people", type=int, default=2, help=">= 2: the first two cross")
+    parser.add_argument(
+        "--video-motion", choices=MOTIONS, default="walk", help="what the figures do (VideoConfig)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -767,7 +837,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         video = VideoConfig(
             width=args.video_size[0], height=args.video_size[1], fps=args.video_fps,
-            seconds=args.video_seconds, num_people=args.video_people,
+            seconds=args.video_seconds, num_people=args.video_people, motion=args.video_motion,
         )  # fmt: skip
         cfg = SyntheticConfig(
             seed=args.seed, num_train=args.train, num_val=args.val, num_aic=args.aic,

@@ -32,15 +32,19 @@ from train.figures import (
     sample_pose,
 )
 from train.synthetic import (
+    MOTIONS,
     SceneConfig,
     Split,
     SyntheticConfig,
     VideoConfig,
     annotated,
     generate_dataset,
+    generate_video,
+    image_rng,
     main,
     render_image,
     render_scene,
+    sample_tracks,
 )
 
 SEED = 7
@@ -395,7 +399,60 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, capsys):
     assert (tmp_path / "a" / rel).read_bytes() != (tmp_path / "c" / rel).read_bytes()
 
 
+def _motion_keypoints(motion: str, fps: int = 15, seconds: float = 4.0, seed: int = 3):
+    """True COCO keypoints (F, P, 17, 2) of a clip's figures, without rendering, and the tracks."""
+    cfg = VideoConfig(width=640, height=360, fps=fps, seconds=seconds, num_people=3, motion=motion)
+    tracks = sample_tracks(image_rng(seed, Split.VIDEO, 0), cfg)
+    frames = range(cfg.num_frames)
+    kpts = np.stack([[project_figure(t.at(f)).xyd[:17, :2] for t in tracks] for f in frames])
+    return kpts, tracks
+
+
+def test_walk_tracks_are_unchanged_by_the_new_motions():
+    cfg = VideoConfig(num_people=3)
+    tracks = sample_tracks(image_rng(4, Split.VIDEO, 0), cfg)
+    assert all(t.yaw_rate == 0 and t.phase_rate is None and not t.swing for t in tracks)
+
+
+def test_each_motion_moves_as_it_says():
+    k = {m: _motion_keypoints(m) for m in MOTIONS}
+    fps = 15
+
+    def distal_accel(kpts, tracks):  # wrists and ankles, body heights per second^2
+        a = np.linalg.norm(kpts[2:] - 2 * kpts[1:-1] + kpts[:-2], axis=-1) * fps**2
+        return (a[..., [9, 10, 15, 16]] / np.array([t.height for t in tracks])[:, None]).mean()
+
+    walk, swing = distal_accel(*k["walk"]), distal_accel(*k["swing"])
+    assert swing > 4 * walk
+    # Turning figures spin: their shoulders swap sides along x, at least once per track.
+    kpts, tracks = k["turn"]
+    side = np.sign(kpts[:, :, 5, 0] - kpts[:, :, 6, 0])  # (F, P)
+    assert all(abs(t.yaw_rate) * fps >= math.pi - 1e-9 for t in tracks)
+    assert ((side[1:] != side[:-1]).sum(0) >= 1).all()
+    # Entering figures start and end outside the frame.
+    kpts, tracks = k["enter"]
+    hips_x = kpts[:, :, 11:13, 0].mean(-1)  # (F, P)
+    outside = (hips_x < -0.1 * 640) | (hips_x > 1.1 * 640)
+    assert outside.any(0).all() and (~outside).any(0).all()
+    # Tracks 0 and 1 still cross in every motion.
+    for motion, (kpts, _) in k.items():
+        order = np.sign(kpts[:, 0, 11, 0] - kpts[:, 1, 11, 0])
+        assert order[0] != order[-1], motion
+
+
+def test_entering_figures_are_absent_from_the_ground_truth_until_they_show(tmp_path):
+    cfg = VideoConfig(width=160, height=96, fps=10, seconds=3.0, num_people=3, motion="enter")
+    paths = generate_video(tmp_path / "enter.mp4", cfg, seed=3)
+    gt = json.loads(paths.ground_truth.read_text())
+    assert gt["motion"] == "enter" and len(gt["frames"]) == 30
+    counts = [len(people) for people in gt["frames"]]
+    assert min(counts) < 3 and max(counts) >= 2
+    assert {"yaw_rate"} <= set(gt["tracks"][0])
+
+
 def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="motion must be one of"):
+        VideoConfig(motion="dance")
     with pytest.raises(ValueError, match="even video size"):
         VideoConfig(width=321)
     with pytest.raises(ValueError, match="fps"):

@@ -10,7 +10,16 @@ import pytest
 from realtime.results import FramePoses
 from realtime.samples import SYNTHETIC_WALK_GT
 from realtime.sinks import JsonlWriter
-from train.video_eval import evaluate_video, main, video_ground_truth
+from train.video_eval import (
+    FRAME_STRIDE,
+    evaluate_video,
+    jitter,
+    lag_frames,
+    main,
+    matched_trajectories,
+    read_poses,
+    video_ground_truth,
+)
 
 
 def _write_poses(path, frames: list[list[dict]]) -> None:
@@ -109,4 +118,71 @@ def test_cli_prints_the_metrics_table(gt, tmp_path, capsys):
     metrics = main(["--gt", str(SYNTHETIC_WALK_GT), "--poses", str(tmp_path / "poses.jsonl")])
     header, row = capsys.readouterr().out.strip().splitlines()
     assert header.split()[:2] == ["AP", "AP50"] and row.split()[0] == "100.0"
+    assert header.split()[-2:] == ["jitter_px", "lag_ms"] and row.split()[-2:] == ["0.00", "0"]
     assert metrics["AP"] == pytest.approx(1.0)
+    assert metrics["jitter"] == pytest.approx(0, abs=1e-3) and metrics["lag"] == 0
+
+
+def _moved(frames: list[list[dict]], offset) -> list[list[dict]]:
+    """Each person's keypoints plus offset(t, track_id) -> (dx, dy)."""
+    out = []
+    for t, people in enumerate(frames):
+        row = []
+        for p in people:
+            dx, dy = offset(t, p["track_id"])
+            k = np.asarray(p["keypoints"], np.float64).reshape(17, 3)
+            k[:, 0] += dx
+            k[:, 1] += dy
+            row.append(dict(p, keypoints=k.reshape(-1).tolist()))
+        out.append(row)
+    return out
+
+
+def test_jitter_sees_shake_but_not_a_steady_error(gt, tmp_path):
+    frames = [[p for p in f if _labelled(p)] for f in gt["frames"]]
+    _write_poses(tmp_path / "steady.jsonl", _moved(frames, lambda t, i: (3.0, -2.0 + 0.5 * t)))
+    steady = evaluate_video(SYNTHETIC_WALK_GT, tmp_path / "steady.jsonl")
+    assert steady["jitter"] == pytest.approx(0, abs=0.02)  # a constant or drifting error
+    # An error flipping between +2 and -2 px in x: second difference 8 px in every frame.
+    _write_poses(tmp_path / "shaky.jsonl", _moved(frames, lambda t, i: (2.0 * (-1) ** t, 0)))
+    shaky = evaluate_video(SYNTHETIC_WALK_GT, tmp_path / "shaky.jsonl")
+    assert shaky["jitter"] == pytest.approx(8.0, abs=0.02)
+
+
+def test_lag_of_poses_a_frame_late(gt):
+    """Poses of the previous frame: lag one frame (1000 / 15 ms); none for the truth itself."""
+    frames = [[p for p in f if _labelled(p)] for f in gt["frames"]]
+    true = read_poses_from(frames)
+    late = read_poses_from([frames[0]] + frames[:-1])
+    t, e = matched_trajectories(gt, true)
+    assert jitter(t, e) == pytest.approx(0, abs=1e-3) and lag_frames(t, e) == 0
+    t, e = matched_trajectories(gt, late)
+    assert lag_frames(t, e) == pytest.approx(1.0, abs=0.05)
+    t, e = matched_trajectories(gt, true[1:] + true[-1:])  # a frame early
+    assert lag_frames(t, e) == pytest.approx(-1.0, abs=0.05)
+
+
+def read_poses_from(frames: list[list[dict]]) -> list[FramePoses]:
+    poses = []
+    for t, people in enumerate(frames):
+        kpts = np.array([p["keypoints"] for p in people], np.float32).reshape(-1, 17, 3)
+        kpts[..., 2] = 0.9
+        boxes = np.array([p["bbox"] for p in people], np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        n = len(people)
+        poses.append(
+            FramePoses(t, t / 15, boxes, np.full(n, 0.8, np.float32), kpts, np.full(n, -1))
+        )
+    return poses
+
+
+def test_clips_pool_into_one_coco_set_and_poses_read_in_frame_order(gt, tmp_path):
+    coco = video_ground_truth([SYNTHETIC_WALK_GT, SYNTHETIC_WALK_GT])
+    assert len(coco.imgs) == 120 and FRAME_STRIDE + 59 in coco.imgs
+    assert len(coco.anns) == 2 * sum(len(f) for f in gt["frames"])
+    frames = [[p for p in f if _labelled(p)] for f in gt["frames"]]
+    _write_poses(tmp_path / "poses.jsonl", frames)
+    lines = (tmp_path / "poses.jsonl").read_text().splitlines()
+    (tmp_path / "shuffled.jsonl").write_text("\n".join(lines[::-1]) + "\n")
+    poses = read_poses(tmp_path / "shuffled.jsonl", 60)
+    assert [p.frame for p in poses] == list(range(60))
