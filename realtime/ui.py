@@ -5,16 +5,21 @@
 `launch(options, ...)` builds the pipeline once and serves `build_ui(pipeline, options)`. The page
 has three tabs ("Webcam", "Video", "Image") and one settings panel above them.
 
-Sharing: the person detector and the pose engine are loaded once and shared by every visitor and
-every tab. Each use (a webcam session, one uploaded video, one image) runs its own `PosePipeline`
-around them, so its detection interval and tracker history are its own and two streams never mix
-their frames in one tracker; a lock lets one frame at a time through the shared models. The
-settings are global: changing one rebuilds only the part it lives in (the pose engine for the
-model, flip test and decoder; a config for the detection interval and temporal fusion) and new
-frames pick it up.
+Shared between visitors: only the loaded models, the person detector and the pose engines in an
+`EngineCache` (one per distinct checkpoint, precision, flip test and decoder, the least recently
+used dropped beyond three), run by the one `ServingWorker` thread. Each browser session has its
+own settings (kept in the browser, so a reload shows them again), its own webcam stream with its
+own track history, FPS and latency, and its own uploads. Several webcams stream at once: every
+round the worker takes each session's newest frame and runs them through the models together.
+
+Nothing piles up: streamed frames go to the browser as in-memory JPEGs (never written to disk);
+uploads, rendered images and videos are deleted `UiConfig.keep_files_s` after they were made.
+Inputs come from uploads and the webcam only (a URL sent to the API is refused, never fetched),
+and errors are said in words, without server paths.
 
 `GET /config` lists the tabs; the image tab's event is callable with `gradio_client` as
-`/predict_image` (image in; rendered image and the poses as a `FramePoses.to_dict()` record out).
+`/predict_image` (image file in; rendered image and the poses as a `FramePoses.to_dict()`
+record out), the video tab's as `/process_video`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -41,8 +45,6 @@ configure_offline()  # before gradio is imported: no analytics, no version check
 
 import gradio as gr  # noqa: E402
 
-from ccm.checkpoint import PoseConfig, load_checkpoint  # noqa: E402
-from ccm.refine import DECODE_METHODS  # noqa: E402
 from realtime.assemble import (  # noqa: E402
     WEIGHTS_DIR,
     PipelineOptions,
@@ -50,12 +52,19 @@ from realtime.assemble import (  # noqa: E402
     default_pose_checkpoint,
 )
 from realtime.batch import process_video  # noqa: E402
-from realtime.engine import EngineConfig, PoseEstimator  # noqa: E402
-from realtime.pipeline import FrameResult, PipelineConfig, PosePipeline  # noqa: E402
+from realtime.pipeline import PosePipeline, StreamState  # noqa: E402
 from realtime.render import RenderConfig, render_frame  # noqa: E402
-from realtime.sources import Frame  # noqa: E402
-from realtime.temporal import METHODS as TEMPORAL_METHODS  # noqa: E402
+from realtime.serving import EngineCache, ServedStream, ServerBusy, ServingWorker  # noqa: E402
+from realtime.sources import Frame, read_image  # noqa: E402
 from realtime.temporal import TemporalConfig, TemporalFusion  # noqa: E402
+from realtime.ui_media import (  # noqa: E402
+    FileSweeper,
+    local_image,
+    local_video,
+    memory_image,
+    plain_reason,
+)
+from realtime.ui_settings import Controls, describe, pose_choices  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +73,11 @@ DEFAULT_PORT = 7860
 PORT_ENV = "GRADIO_SERVER_PORT"
 TAB_TITLES = ("Webcam", "Video", "Image")
 TITLE = "ccm-pose: multi-person pose estimation"
+SETTINGS_KEY = "ccm-pose-settings"
 # System fonts only: the default theme would fetch its font from Google at page load.
 _THEME_FONTS = ("ui-sans-serif", "system-ui", "sans-serif")
 _THEME_MONO = ("ui-monospace", "monospace")
+_NOT_AN_IMAGE = "That file is not an image this page can read (PNG, JPEG, WebP, BMP or TIFF)."
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,10 @@ class UiConfig:
         new_stream_gap_s: a webcam pause longer than this starts a fresh track history.
         fps_smoothing: weight of the newest frame interval in the shown FPS (an EMA).
         max_upload_mb: largest file accepted.
+        max_streams: webcams served at once; one more is told the page is full.
+        engines: pose engines kept loaded (distinct model / flip test / decoder settings).
+        keep_files_s: uploads and results are deleted this long after they were made.
+        sweep_every_s: how often old files are looked for.
         queue_size: events that may wait for a worker; more are refused with "queue full".
         weights_dir: pose checkpoints (*.safetensors) offered in the model list.
         render: how skeletons, track ids and the FPS/latency overlay are drawn.
@@ -89,6 +104,10 @@ class UiConfig:
     new_stream_gap_s: float = 2.0
     fps_smoothing: float = 0.2
     max_upload_mb: int = 500
+    max_streams: int = 4
+    engines: int = 3
+    keep_files_s: int = 1800
+    sweep_every_s: int = 60
     queue_size: int = 16
     weights_dir: Path = WEIGHTS_DIR
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -101,10 +120,12 @@ class UiConfig:
             )
         if not 0 < self.fps_smoothing <= 1:
             raise ValueError(f"fps_smoothing must be in (0, 1], got {self.fps_smoothing}")
-        if self.max_upload_mb < 1 or self.queue_size < 1:
+        counts = (self.max_upload_mb, self.queue_size, self.max_streams, self.engines,
+                  self.keep_files_s, self.sweep_every_s)  # fmt: skip
+        if min(counts) < 1:
             raise ValueError(
-                f"need max_upload_mb >= 1 and queue_size >= 1, got "
-                f"{self.max_upload_mb}, {self.queue_size}"
+                "max_upload_mb, queue_size, max_streams, engines, keep_files_s and "
+                f"sweep_every_s must be >= 1, got {counts}"
             )
 
 
@@ -123,144 +144,16 @@ def resolve_port(port: int | None, environ: Mapping[str, str] = os.environ) -> i
     return port
 
 
-def pose_choices(weights_dir: Path, current: Path) -> list[tuple[str, str]]:
-    """(label, path) for every pose checkpoint in `weights_dir`, plus `current` if elsewhere."""
-    paths = sorted(p.resolve() for p in weights_dir.glob("*.safetensors"))
-    if current.resolve() not in paths:
-        paths.insert(0, current.resolve())
-    names = [p.name for p in paths]
-    return [(p.name if names.count(p.name) == 1 else str(p), str(p)) for p in paths]
-
-
-@dataclass(frozen=True)
-class Controls:
-    """The settings on the page."""
-
-    pose: Path
-    det_every: int
-    flip_test: bool
-    decoder: str
-    temporal: str
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    """What every new pipeline is built from; replaced whole, so a reader never sees a mix."""
-
-    pose_path: Path
-    engine: PoseEstimator
-    pipeline: PipelineConfig
-    temporal: TemporalConfig
-    version: int
-
-
-class _LockedPipeline:
-    """A pipeline whose frames pass one at a time through models shared with other pipelines."""
-
-    def __init__(self, lock: threading.Lock, pipeline: PosePipeline) -> None:
-        self._lock = lock
-        self.pipeline = pipeline
-
-    def __call__(self, frame: Frame) -> FrameResult:
-        with self._lock:
-            return self.pipeline(frame)
-
-    def reset(self) -> None:
-        self.pipeline.reset()
-
-    def stream(self, frames):
-        for frame in frames:
-            yield self(frame)
-
-
-class SharedModels:
-    """The loaded detector and pose engine behind the page, and the settings on top of them."""
-
-    def __init__(self, pipeline: PosePipeline, pose_path: Path) -> None:
-        self.detector = pipeline.detector
-        self.frame_lock = threading.Lock()  # one frame at a time through detector and engine
-        self._configure_lock = threading.Lock()  # one settings change at a time
-        self.loaded = _Loaded(
-            pose_path, pipeline.estimator, pipeline.config, _temporal_config(pipeline), version=0
-        )
-
-    @property
-    def version(self) -> int:
-        return self.loaded.version
-
-    def controls(self) -> Controls:
-        s = self.loaded
-        return Controls(
-            s.pose_path, s.pipeline.det_every, s.engine.config.flip_test,
-            s.engine.config.decoder, s.temporal.method,
-        )  # fmt: skip
-
-    def new_pipeline(self, track: bool = True) -> PosePipeline:
-        """A pipeline with its own detection interval and tracker around the shared models.
-
-        `track` False leaves temporal fusion out (a single image has no time): track ids are -1.
-        """
-        s = self.loaded
-        temporal = TemporalFusion(s.temporal) if track and s.temporal.method != "none" else None
-        pipeline = PosePipeline(self.detector, s.engine, temporal, s.pipeline)
-        return _LockedPipeline(self.frame_lock, pipeline)
-
-    def configure(self, controls: Controls) -> None:
-        """Apply new settings, rebuilding only what they change; raises ValueError/OSError."""
-        with self._configure_lock:
-            s = self.loaded
-            pipeline = dataclasses.replace(s.pipeline, det_every=int(controls.det_every))
-            temporal = dataclasses.replace(s.temporal, method=controls.temporal)
-            engine_config = dataclasses.replace(
-                s.engine.config, flip_test=controls.flip_test, decoder=controls.decoder
-            )
-            engine = s.engine
-            if controls.pose.resolve() != s.pose_path.resolve():
-                model, pose = load_checkpoint(controls.pose)
-                logger.info("pose model: %s (%s, input %s)", controls.pose, pose.arch,
-                            pose.input_size)  # fmt: skip
-                engine = PoseEstimator(model, pose, engine_config)
-            elif engine_config != s.engine.config:
-                engine = self._reconfigured_engine(s, engine_config)
-            if (engine, pipeline, temporal) == (s.engine, s.pipeline, s.temporal):
-                return
-            self.loaded = _Loaded(controls.pose, engine, pipeline, temporal, s.version + 1)
-            logger.info("settings: %s", controls)
-
-    @staticmethod
-    def _reconfigured_engine(s: _Loaded, config: EngineConfig) -> PoseEstimator:
-        """The same network with other refinement settings; the estimator keeps the plain one."""
-        return PoseEstimator(s.engine.model, s.engine.pose, config)
-
-    def describe(self) -> str:
-        """Markdown naming the loaded models."""
-        s = self.loaded
-        pose: PoseConfig = s.engine.pose
-        h, w = pose.input_size
-        ap = pose.metrics.get("AP")
-        score = f", AP {ap:.3f}" if isinstance(ap, float) else ""
-        detector = getattr(getattr(self.detector, "config", None), "weights", "custom")
-        c = s.engine.config
-        return (
-            f"**Pose model:** `{s.pose_path.name}` ({pose.arch}, input {h}x{w}{score})  \n"
-            f"**Person detector:** `{Path(str(detector)).name}`  \n"
-            f"**Device:** {c.device} ({c.backend}{', fp16' if c.half else ''})"
-        )
-
-
-def _temporal_config(pipeline: PosePipeline) -> TemporalConfig:
-    config = getattr(pipeline.temporal, "config", None)
-    return config if isinstance(config, TemporalConfig) else TemporalConfig(method="none")
-
-
 @dataclass
-class _WebcamSession:
-    """One browser's webcam stream: its own pipeline, frame clock and FPS estimate."""
+class Session:
+    """One browser session: its settings, and its webcam stream's state, clock and FPS."""
 
-    pipeline: PosePipeline
-    version: int
-    started: float
-    last: float
+    id: int
+    controls: Controls
+    stream: StreamState | None = None
+    stream_from: tuple | None = None  # what `stream` was built from
+    started: float = 0.0
+    last: float = 0.0
     frames: int = 0
     interval_s: float | None = None
 
@@ -268,30 +161,104 @@ class _WebcamSession:
 class PoseApp:
     """The event handlers behind the page (plain methods, so they can be called without it)."""
 
-    def __init__(self, models: SharedModels, config: UiConfig, jobs_dir: Path) -> None:
-        self.models = models
+    def __init__(
+        self,
+        engines: EngineCache,
+        defaults: Controls,
+        config: UiConfig,
+        jobs_dir: Path,
+        temporal: TemporalConfig | None = None,
+    ) -> None:
+        self.engines = engines
+        self.worker = ServingWorker(engines, config.max_streams, live_s=config.new_stream_gap_s)
+        self.defaults = defaults
         self.config = config
         self.jobs_dir = jobs_dir
+        self.temporal = temporal or TemporalConfig()
+        self.choices = pose_choices(config.weights_dir, defaults.pose)
         self.render = functools.partial(render_frame, config=config.render)
+        self._ids = iter(range(1, 1 << 62))
 
-    def webcam_frame(
-        self, image: np.ndarray | None, session: _WebcamSession | None
-    ) -> tuple[np.ndarray | None, _WebcamSession | None]:
+    def new_session(self, controls: Controls | None = None) -> Session:
+        return Session(next(self._ids), controls or self.defaults)
+
+    def end_session(self, session: Session | None) -> None:
+        """Gradio calls this when a session's state is deleted (its tab closed)."""
+        if isinstance(session, Session):
+            self.worker.end_stream(session.id)
+
+    def _key(self, c: Controls):
+        return self.engines.key(c.pose, c.flip_test, c.decoder)
+
+    def _stream_state(self, c: Controls, track: bool = True) -> StreamState:
+        method = c.temporal if track else "none"
+        temporal = None
+        if method != "none":
+            temporal = TemporalFusion(dataclasses.replace(self.temporal, method=method))
+        return StreamState(c.det_every if track else 1, temporal)
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def restore(self, saved: Any) -> tuple[Any, ...]:
+        """Page load: the settings this browser saved (else the defaults) -> the session and
+        the controls showing them."""
+        controls = Controls.from_saved(saved, self.defaults, [v for _, v in self.choices])
+        session = self.new_session(controls)
+        return (session, describe(self.engines, controls), *controls.values())
+
+    def apply_settings(
+        self, pose: str, det_every: float, flip_test: bool, decoder: str, temporal: str,
+        session: Session | None,
+    ) -> tuple[Any, ...]:  # fmt: skip
+        """A control changed -> (session, settings to save in the browser, models text, pose).
+
+        Only this session's settings change. A pose model that does not load is refused with a
+        warning and the dropdown goes back to the one in use."""
+        session = session if isinstance(session, Session) else self.new_session()
+        saved = {"pose": pose, "det_every": det_every, "flip_test": flip_test,
+                 "decoder": decoder, "temporal": temporal}  # fmt: skip
+        wanted = Controls.from_saved(saved, session.controls, [v for _, v in self.choices])
+        if wanted.pose != session.controls.pose:
+            try:
+                self.worker.call(lambda: self.engines.get(self._key(wanted)), timeout=600)
+            except (ValueError, OSError, RuntimeError, TimeoutError) as err:
+                logger.warning("pose model %s refused: %s", wanted.pose, err)
+                gr.Warning(f"Pose model not loaded: {plain_reason(err)}")
+                wanted = dataclasses.replace(wanted, pose=session.controls.pose)
+        session.controls = wanted
+        return (session, wanted.to_saved(), describe(self.engines, wanted), str(wanted.pose))
+
+    # -- webcam --------------------------------------------------------------------------------
+
+    def webcam_frame(self, image: np.ndarray | None, session: Session | None) -> tuple[Any, Any]:
         """One webcam frame (H, W, 3) uint8 RGB -> the same frame with poses and FPS/latency."""
         if image is None:
             return None, session
+        session = session if isinstance(session, Session) else self.new_session()
         now = time.monotonic()
+        c = session.controls
+        built_from = (self._key(c), c.det_every, c.temporal)
         if (
-            session is None
-            or session.version != self.models.version
+            session.stream is None
+            or session.stream_from != built_from
             or now - session.last > self.config.new_stream_gap_s
         ):
-            pipeline = self.models.new_pipeline()
-            session = _WebcamSession(pipeline, self.models.version, started=now, last=now)
+            session.stream, session.stream_from = self._stream_state(c), built_from
+            session.started, session.frames, session.interval_s = now, 0, None
         frame = Frame(session.frames, now - session.started, _rgb(image), now)
-        result = session.pipeline(frame)
+        try:
+            result = self.worker.frame(session.id, built_from[0], session.stream, frame)
+        except ServerBusy as err:
+            raise gr.Error(f"Sorry, {err}.") from None
+        except TimeoutError:
+            raise gr.Error("The server is too busy to answer; try again in a moment.") from None
+        except (ValueError, OSError, RuntimeError) as err:
+            logger.warning("webcam frame failed: %s", err)
+            raise gr.Error(f"This frame could not be processed: {plain_reason(err)}") from None
+        if result is None:  # a newer frame of this session took its place
+            return gr.skip(), session
         done = time.monotonic()
-        if session.frames > 0:  # FPS from the time between processed frames, smoothed
+        if session.frames > 0:  # FPS from the time between this session's frames, smoothed
             interval, a = done - session.last, self.config.fps_smoothing
             previous = session.interval_s
             session.interval_s = interval if previous is None else a * interval + (1 - a) * previous
@@ -300,14 +267,18 @@ class PoseApp:
         fps = 1.0 / max(session.interval_s, 1e-6) if session.interval_s else None
         return self.render(frame.image, result.poses, fps, result.latency_ms), session
 
+    # -- files ---------------------------------------------------------------------------------
+
     def process_upload(
         self,
         video: str | None,
+        session: Session | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's way)
     ) -> tuple[str, str, str]:
         """An uploaded video file -> (rendered mp4 path, JSON Lines path, a one-line summary)."""
         if not video:
             raise gr.Error("Upload a video file first.")
+        c = session.controls if isinstance(session, Session) else self.defaults
         source = Path(video)
         out_dir = Path(tempfile.mkdtemp(dir=self.jobs_dir))
 
@@ -315,44 +286,50 @@ class PoseApp:
             progress((done, total), desc="Estimating poses", unit="frames")
 
         progress(0.0, desc="Opening the video")
-        report = process_video(
-            source, out_dir, self.models.new_pipeline(), self.render, report_progress
-        )
+        served = ServedStream(self.worker, self._key(c), self._stream_state(c))
+        report = process_video(source, out_dir, served, self.render, report_progress)
         if report.error is not None:
             shutil.rmtree(out_dir, ignore_errors=True)
-            raise gr.Error(f"Could not process {source.name}: {report.error}")
+            reason = plain_reason(report.error)
+            raise gr.Error(f"Could not process {source.name}: {reason}", print_exception=False)
         if report.frames == 0:
             shutil.rmtree(out_dir, ignore_errors=True)
-            raise gr.Error(f"{source.name} holds no video frames.")
+            raise gr.Error(f"{source.name} holds no video frames.", print_exception=False)
         summary = f"{report.frames} frames in {report.seconds:.1f} s ({report.fps:.1f} frames/s)"
         return str(report.video), str(report.jsonl), summary
 
-    def predict_image(self, image: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
-        """One image (H, W, 3) uint8 RGB -> (rendered image, poses as `FramePoses.to_dict()`).
+    def predict_image(
+        self, image: str | np.ndarray | None, session: Session | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """An image file (or (H, W, 3) uint8 RGB array) -> (rendered image, poses as
+        `FramePoses.to_dict()`).
 
         Keypoints and boxes are in the image's pixels; a still image is not tracked, so every
         `track_id` is -1.
         """
         if image is None:
             raise gr.Error("Upload an image first.")
-        frame = Frame(0, 0.0, _rgb(image), time.monotonic())
-        result = self.models.new_pipeline(track=False)(frame)
+        if isinstance(image, np.ndarray):
+            pixels = _rgb(image)
+        else:
+            try:
+                pixels = read_image(image)
+            except (ValueError, OSError):
+                raise gr.Error(_NOT_AN_IMAGE, print_exception=False) from None
+        c = session.controls if isinstance(session, Session) else self.defaults
+        frame, key, state = Frame(0, 0.0, pixels, time.monotonic()), self._key(c), StreamState()
+        try:
+            result = self.worker.call(
+                lambda: self.engines.get(key).process([frame], [state])[0], timeout=600
+            )
+        except (ValueError, OSError, RuntimeError, TimeoutError) as err:
+            logger.warning("image failed: %s", err)
+            raise gr.Error(f"The image could not be processed: {plain_reason(err)}") from None
         rendered = self.render(frame.image, result.poses, None, result.latency_ms)
         return rendered, result.poses.to_dict()
 
-    def apply_settings(
-        self, pose: str, det_every: float, flip_test: bool, decoder: str, temporal: str
-    ) -> tuple[Any, ...]:
-        """The settings panel -> (models text, the settings in effect, one per control)."""
-        wanted = Controls(Path(pose), int(det_every), bool(flip_test), decoder, temporal)
-        try:
-            self.models.configure(wanted)
-        except (ValueError, OSError, RuntimeError) as err:
-            logger.warning("settings %s refused: %s", wanted, err)
-            gr.Warning(f"Settings not applied: {err}")
-        c = self.models.controls()
-        return (self.models.describe(), str(c.pose.resolve()), c.det_every, c.flip_test,
-                c.decoder, c.temporal)  # fmt: skip
+    def close(self) -> None:
+        self.worker.close()
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -372,8 +349,9 @@ joints of each person are tracked and smoothed across frames (the number on each
 its track id). Everything runs on this computer."""
 
 _HELP_SETTINGS = (
-    "These settings apply to every tab and everyone using this page. Detecting every N frames "
-    "is faster (poses give the boxes in between); the flip test is slower but more accurate."
+    "These settings are yours: they apply to your tabs only, and this browser remembers them. "
+    "Other visitors keep their own. Detecting every N frames is faster (poses give the boxes in "
+    "between); the flip test is slower but more accurate."
 )
 
 
@@ -381,70 +359,84 @@ def build_ui(
     pipeline: PosePipeline, options: PipelineOptions, config: UiConfig = UiConfig()
 ) -> gr.Blocks:
     """The page around `pipeline` (built by `build_pipeline(options)`); queue set, not launched."""
-    pose_path = Path(options.pose or default_pose_checkpoint(config.weights_dir))
-    models = SharedModels(pipeline, pose_path)
+    pose_path = Path(options.pose or default_pose_checkpoint(config.weights_dir)).resolve()
+    engines = EngineCache(pipeline, pose_path, capacity=config.engines)
+    temporal = getattr(pipeline.temporal, "config", None)
+    temporal = temporal if isinstance(temporal, TemporalConfig) else TemporalConfig()
+    defaults = Controls(
+        pose_path, pipeline.config.det_every, pipeline.estimator.config.flip_test,
+        pipeline.estimator.config.decoder,
+        temporal.method if pipeline.temporal is not None else "none",
+    )  # fmt: skip
     jobs_dir = Path(tempfile.mkdtemp(prefix="ccm-pose-ui-"))
-    app = PoseApp(models, config, jobs_dir)
-    c = models.controls()
+    app = PoseApp(engines, defaults, config, jobs_dir, temporal)
+    sweeper = FileSweeper(jobs_dir, config.keep_files_s, config.sweep_every_s)
+    keep = (config.sweep_every_s, config.keep_files_s)
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=keep) as demo:
         gr.Markdown(_INTRO)
-        with gr.Accordion("Models and settings", open=True):
-            loaded = gr.Markdown(models.describe())
+        session = gr.State(None, delete_callback=app.end_session)
+        saved = gr.BrowserState(None, storage_key=SETTINGS_KEY)
+        with gr.Accordion("Models and settings (yours only)", open=True):
+            loaded = gr.Markdown(describe(engines, defaults), elem_id="loaded-models")
+            pose = gr.Dropdown(app.choices, value=str(pose_path), label="Pose model",
+                               info="checkpoints in weights/", elem_id="pose-model")  # fmt: skip
             with gr.Row():
-                pose = gr.Dropdown(
-                    pose_choices(config.weights_dir, pose_path), value=str(pose_path.resolve()),
-                    label="Pose model", info="checkpoints in weights/",
-                )  # fmt: skip
-                det_every = gr.Slider(1, 30, value=c.det_every, step=1,
-                                      label="Detect people every N frames")  # fmt: skip
-                flip = gr.Checkbox(value=c.flip_test, label="Flip test",
+                det_every = gr.Slider(1, 30, value=defaults.det_every, step=1,
+                                      label="Detect people every N frames",
+                                      elem_id="det-every")  # fmt: skip
+                flip = gr.Checkbox(value=defaults.flip_test, label="Flip test",
                                    info="average with the mirrored image")  # fmt: skip
-                decoder = gr.Dropdown(list(DECODE_METHODS), value=c.decoder,
+                decoder = gr.Dropdown(list(Controls.DECODERS), value=defaults.decoder,
                                       label="Sub-pixel decoder")  # fmt: skip
-                temporal = gr.Dropdown(list(TEMPORAL_METHODS), value=c.temporal,
-                                       label="Smoothing across frames")  # fmt: skip
+                temporal_choice = gr.Dropdown(list(Controls.TEMPORAL), value=defaults.temporal,
+                                              label="Smoothing across frames")  # fmt: skip
             gr.Markdown(_HELP_SETTINGS)
-        controls = [pose, det_every, flip, decoder, temporal]
+        controls = [pose, det_every, flip, decoder, temporal_choice]
+        demo.load(app.restore, saved, [session, loaded, *controls], api_visibility="private")
+        # `change` fires however the value changed (typing, arrow keys, a drag, a click).
         gr.on(
-            [pose.input, det_every.release, flip.input, decoder.input, temporal.input],
-            app.apply_settings, controls, [loaded, *controls], api_visibility="undocumented",
+            [c.change for c in controls], app.apply_settings, [*controls, session],
+            [session, saved, loaded, pose], trigger_mode="always_last",
+            api_visibility="private", concurrency_limit=None,
         )  # fmt: skip
 
         with gr.Tabs():
             with gr.Tab(TAB_TITLES[0]):
                 gr.Markdown(
                     "Allow the browser to use your camera and press record. The right side shows "
-                    "the skeletons, track ids, frames per second and the delay of each frame."
+                    "the skeletons, track ids, frames per second and the delay of each frame. "
+                    f"Up to {config.max_streams} people can stream at once."
                 )
                 with gr.Row():
-                    camera = gr.Image(sources=["webcam"], streaming=True, type="numpy",
-                                      label="Camera")  # fmt: skip
-                    live = gr.Image(label="Poses", format="jpeg", interactive=False)
-                session = gr.State(None)
+                    camera = local_image(sources=["webcam"], streaming=True, type="numpy",
+                                         label="Camera", elem_id="camera")  # fmt: skip
+                    live = memory_image(show_label=False, interactive=False, elem_id="poses")
                 camera.stream(
                     app.webcam_frame, [camera, session], [live, session],
                     stream_every=config.stream_every_s, time_limit=config.stream_time_limit_s,
-                    concurrency_limit=1, show_progress="hidden", api_visibility="private",
+                    concurrency_limit=None, concurrency_id="webcam", show_progress="hidden",
+                    api_visibility="private",
                 )  # fmt: skip
 
             with gr.Tab(TAB_TITLES[1]):
                 gr.Markdown(
                     f"Upload a video (up to {config.max_upload_mb} MB). Every frame is processed; "
                     "you get the video with skeletons drawn (H.264 mp4) and the poses of every "
-                    "frame as JSON Lines (one line per frame, image pixels)."
+                    "frame as JSON Lines (one line per frame, image pixels). Files are deleted "
+                    f"from the server {config.keep_files_s // 60} minutes after they were made."
                 )
                 with gr.Row():
                     with gr.Column():
-                        upload = gr.Video(sources=["upload"], label="Video file")
+                        upload = local_video(sources=["upload"], label="Video file")
                         run_video = gr.Button("Process video", variant="primary")
                     with gr.Column():
                         rendered_video = gr.Video(label="Video with poses", interactive=False)
                         jsonl = gr.File(label="Poses (JSON Lines)", interactive=False)
                         summary = gr.Markdown()
                 run_video.click(
-                    app.process_upload, upload, [rendered_video, jsonl, summary],
-                    api_name="process_video", concurrency_limit=1,
+                    app.process_upload, [upload, session], [rendered_video, jsonl, summary],
+                    api_name="process_video", concurrency_limit=2, concurrency_id="files",
                 )  # fmt: skip
 
             with gr.Tab(TAB_TITLES[2]):
@@ -454,22 +446,28 @@ def build_ui(
                 )
                 with gr.Row():
                     with gr.Column():
-                        photo = gr.Image(sources=["upload", "clipboard"], type="numpy",
-                                         label="Image")  # fmt: skip
+                        photo = local_image(sources=["upload", "clipboard"], type="filepath",
+                                           label="Image")  # fmt: skip
                         run_image = gr.Button("Find poses", variant="primary")
                     with gr.Column():
                         rendered_image = gr.Image(label="Image with poses", format="png",
                                                   interactive=False)  # fmt: skip
                         poses_json = gr.JSON(label="Poses")
                 run_image.click(
-                    app.predict_image, photo, [rendered_image, poses_json],
-                    api_name="predict_image", concurrency_limit=2,
+                    app.predict_image, [photo, session], [rendered_image, poses_json],
+                    api_name="predict_image", concurrency_limit=2, concurrency_id="files",
                 )  # fmt: skip
 
-    # Two workers: a long video upload does not hold up images; the frame lock orders the models.
     demo.queue(max_size=config.queue_size, default_concurrency_limit=2)
-    weakref.finalize(demo, shutil.rmtree, jobs_dir, ignore_errors=True)
+    demo.pose_app = app  # the handlers, for tests and tools that inspect the serving state
+    weakref.finalize(demo, _shutdown, app, sweeper, jobs_dir)
     return demo
+
+
+def _shutdown(app: PoseApp, sweeper: FileSweeper, jobs_dir: Path) -> None:
+    app.close()
+    sweeper.close()
+    shutil.rmtree(jobs_dir, ignore_errors=True)
 
 
 def serve(
@@ -482,17 +480,23 @@ def serve(
     """Serve `demo` on 127.0.0.1 (port: `resolve_port`); returns the local URL.
 
     `block` False returns at once with the server running on a thread (`demo.close()` stops it).
+    Unexpected errors show as "Error" in the page (their text stays in the log, where server
+    paths belong); the handlers turn the expected ones into sentences.
     """
     _, url, share_url = demo.launch(
         server_name=HOST, server_port=resolve_port(port), share=share,
-        max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, show_error=True,
+        max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, show_error=False,
         quiet=not block, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-        footer_links=["api", "settings"],
+        footer_links=["api", "settings"], css=_CSS,
         theme=gr.themes.Default(font=_THEME_FONTS, font_mono=_THEME_MONO),
     )  # fmt: skip
     if share_url:
         logger.info("public share link: %s", share_url)
     return url
+
+
+# The model list shows whole file names (they are long: arch, dataset, input size).
+_CSS = "#pose-model input, #pose-model .token, #pose-model li { text-overflow: clip; }"
 
 
 def launch(

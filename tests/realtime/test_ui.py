@@ -24,18 +24,18 @@ from ccm.checkpoint import PoseConfig, save_checkpoint
 from realtime.assemble import PipelineOptions, build_pipeline
 from realtime.detector import DetectorConfig
 from realtime.pipeline import PipelineConfig
+from realtime.serving import EngineCache
 from realtime.ui import (
     DEFAULT_PORT,
     TAB_TITLES,
     TITLE,
-    Controls,
     PoseApp,
-    SharedModels,
     UiConfig,
     build_ui,
     resolve_port,
     serve,
 )
+from realtime.ui_settings import Controls
 
 gradio_client = pytest.importorskip("gradio_client")
 from ultralytics.utils import ASSETS  # noqa: E402  (after realtime.ui set the offline switches)
@@ -238,42 +238,65 @@ def test_port_rule_flag_then_environment_then_7860():
         resolve_port(70000, {})
 
 
-def test_settings_rebuild_only_what_they_change(pipeline, options, tmp_path):
-    models = SharedModels(pipeline, options.pose)
-    before = models.loaded
-    network = before.engine.model
+def make_app(pipeline, options, tmp_path, **config) -> PoseApp:
+    engines = EngineCache(pipeline, options.pose, capacity=config.pop("engines", 3))
+    defaults = Controls(Path(options.pose).resolve(), 1, True, "parabola", "softnms")
+    return PoseApp(engines, defaults, UiConfig(weights_dir=tmp_path, **config), tmp_path)
 
-    models.configure(Controls(options.pose, det_every=3, flip_test=True, decoder="parabola",
-                              temporal="softnms"))  # fmt: skip
-    assert models.loaded.engine is before.engine  # a pipeline setting leaves the engine alone
-    assert models.loaded.pipeline.det_every == 3 and models.version == 1
 
-    models.configure(Controls(options.pose, 3, flip_test=False, decoder="dark", temporal="none"))
-    engine = models.loaded.engine
-    assert engine is not before.engine and engine.model is network  # no weights reload
-    assert (engine.config.flip_test, engine.config.decoder) == (False, "dark")
-    fresh = models.new_pipeline().pipeline
-    assert fresh.temporal is None and fresh.config.det_every == 3 and fresh.estimator is engine
-    assert fresh.detector is pipeline.detector
+def test_settings_belong_to_one_session(pipeline, options, tmp_path):
+    app = make_app(pipeline, options, tmp_path)
+    pose = str(Path(options.pose).resolve())
+    first, text, *shown = app.restore(None)
+    second, *_ = app.restore({"det_every": 4, "decoder": "dark", "flip_test": "yes", "pose": "/x"})
+    assert shown == [pose, 1, True, "parabola", "softnms"] and "tiny.safetensors" in text
+    # What a browser saved comes back; a value that is not on offer keeps the default.
+    assert second.controls.values() == (pose, 4, True, "dark", "softnms")
+    assert first.id != second.id
 
-    app = PoseApp(models, UiConfig(), tmp_path)
-    state = app.apply_settings(str(tmp_path / "missing.safetensors"), 5, True, "argmax", "none")
-    assert state[1:] == (str(Path(options.pose).resolve()), 3, False, "dark", "none")
-    assert models.version == 2  # the refused change left everything as it was
+    session, saved, text, shown_pose = app.apply_settings(pose, 7, False, "argmax", "none", first)
+    assert session is first and first.controls.values() == (pose, 7, False, "argmax", "none")
+    assert saved == {"pose": pose, "det_every": 7, "flip_test": False, "decoder": "argmax",
+                     "temporal": "none"}  # fmt: skip
+    assert "every 7 frames" in text and "argmax decoder" in text and shown_pose == pose
+    assert second.controls.values() == (pose, 4, True, "dark", "softnms")  # untouched
+    # A checkpoint that is not in the list is never loaded, whoever sends it.
+    app.apply_settings(str(tmp_path / "missing.safetensors"), 5, True, "dark", "none", first)
+    assert first.controls.values() == (pose, 5, True, "dark", "none")
+    app.close()
+
+
+def test_engines_are_cached_per_setting_and_share_the_network(pipeline, options, tmp_path):
+    engines = EngineCache(pipeline, options.pose, capacity=2)
+    network = pipeline.estimator.model
+    dark = engines.get(engines.key(options.pose, True, "dark"))
+    assert dark.estimator.model is network and dark.detector is pipeline.detector
+    assert dark.estimator.config.decoder == "dark" and dark.estimator.config.flip_test
+    assert engines.get(engines.key(options.pose, True, "dark")) is dark
+    argmax = engines.get(engines.key(options.pose, False, "argmax"))
+    assert [k.config.decoder for k, _ in engines.items()] == ["dark", "argmax"]  # LRU of 2
+    assert argmax.estimator.model is network
+    with pytest.raises((OSError, ValueError)):
+        engines.get(engines.key(tmp_path / "missing.safetensors", True, "dark"))
 
 
 def test_webcam_frames_keep_one_session_and_show_fps(pipeline, options, tmp_path):
-    models = SharedModels(pipeline, options.pose)
-    app = PoseApp(models, UiConfig(), tmp_path)
+    app = make_app(pipeline, options, tmp_path)
+    session = app.new_session()
     frame = np.asarray(Image.open(BUS).convert("RGB").resize((180, 240)))
 
-    first, session = app.webcam_frame(frame, None)
+    first, session = app.webcam_frame(frame, session)
+    stream = session.stream
     second, same = app.webcam_frame(frame, session)
 
     assert same is session and session.frames == 2 and session.interval_s > 0
+    assert session.stream is stream and stream.frames == 2
     assert first.shape == second.shape == frame.shape and first.dtype == np.uint8
     assert not np.array_equal(first, frame)  # at least the latency overlay is drawn
-    models.configure(Controls(options.pose, 2, True, "parabola", "softnms"))
-    _, renewed = app.webcam_frame(frame, session)
-    assert renewed is not session and renewed.frames == 1  # new settings, new pipeline
-    assert app.webcam_frame(None, renewed) == (None, renewed)
+    pose = str(Path(options.pose).resolve())
+    app.apply_settings(pose, 2, True, "parabola", "softnms", session)
+    app.webcam_frame(frame, session)
+    assert session.stream is not stream and session.frames == 1  # new settings, new stream
+    assert session.stream.det_every == 2
+    assert app.webcam_frame(None, session) == (None, session)
+    app.close()
