@@ -11,6 +11,9 @@ import json
 import shutil
 import socket
 import subprocess
+import tempfile
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -23,8 +26,9 @@ from PIL import Image
 from ccm.checkpoint import PoseConfig, save_checkpoint
 from realtime.assemble import PipelineOptions, build_pipeline
 from realtime.detector import DetectorConfig
-from realtime.pipeline import PipelineConfig
-from realtime.serving import EngineCache
+from realtime.pipeline import PipelineConfig, StreamState
+from realtime.serving import EngineCache, ServerBusy
+from realtime.sources import Frame
 from realtime.ui import (
     DEFAULT_PORT,
     TAB_TITLES,
@@ -300,3 +304,62 @@ def test_webcam_frames_keep_one_session_and_show_fps(pipeline, options, tmp_path
     assert session.stream.det_every == 2
     assert app.webcam_frame(None, session) == (None, session)
     app.close()
+
+
+def test_serving_batches_every_sessions_newest_frame(pipeline, options, tmp_path):
+    app = make_app(pipeline, options, tmp_path, max_streams=2)
+    worker, key = app.worker, app.engines.base
+    image = np.asarray(Image.open(BUS).convert("RGB").resize((160, 120)))
+    release = threading.Event()
+    blocker = threading.Thread(target=worker.call, args=(release.wait,))
+    blocker.start()  # holds the worker, so the frames below meet in one round
+    while worker._jobs:  # until the worker has taken the blocking job
+        time.sleep(0.01)
+    answers: dict[str, object] = {}
+
+    def send(name: str, stream: int, state: StreamState, index: int) -> None:
+        answers[name] = worker.frame(stream, key, state, Frame(index, 0.0, image, 0.0))
+
+    states = [StreamState(), StreamState()]
+    threads = [threading.Thread(target=send, args=("a0", 1, states[0], 0))]
+    threads[0].start()
+    while 1 not in worker._frames:
+        time.sleep(0.01)
+    threads += [threading.Thread(target=send, args=(n, s, states[s - 1], i))
+                for n, s, i in (("a1", 1, 1), ("b0", 2, 0))]  # fmt: skip
+    for thread in threads[1:]:
+        thread.start()
+    while len(worker._frames) < 2 or "a0" not in answers:
+        time.sleep(0.01)
+    assert answers["a0"] is None  # replaced by the same session's newer frame
+    with pytest.raises(ServerBusy, match="already showing 2 webcams"):
+        worker.frame(3, key, StreamState(), Frame(0, 0.0, image, 0.0))
+    release.set()
+    for thread in [blocker, *threads]:
+        thread.join(60)
+    assert answers["a1"].frame.index == 1 and answers["b0"].frame.index == 0
+    assert answers["a1"].batch == answers["b0"].batch == 2  # one batch for both sessions
+    assert worker.stats.largest_batch == 2 and worker.stats.dropped == 1
+    assert states[0].frames == states[1].frames == 1
+    app.close()
+
+
+def test_image_endpoint_refuses_urls_and_non_images(client, tmp_path):
+    url = {"path": "https://example.com/bus.jpg", "url": "https://example.com/bus.jpg",
+           "meta": {"_type": "gradio.FileData"}}  # fmt: skip
+    with pytest.raises(gradio_client.exceptions.AppError, match="never a URL"):
+        client.predict(url, api_name="/predict_image")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image\n")
+    with pytest.raises(gradio_client.exceptions.AppError, match="not an image this page") as err:
+        client.predict(gradio_client.handle_file(str(text)), api_name="/predict_image")
+    assert "pi_heif" not in str(err.value) and "/" not in str(err.value)
+
+
+def test_video_errors_name_no_server_paths(client, tmp_path):
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(np.random.default_rng(2).integers(0, 256, 5_000, dtype=np.uint8).tobytes())
+    with pytest.raises(gradio_client.exceptions.AppError, match="Could not process noise.mp4") as e:
+        client.predict(gradio_client.handle_file(str(noise)), api_name="/process_video")
+    message = str(e.value)
+    assert "/tmp" not in message and "Errno" not in message and tempfile.gettempdir() not in message
