@@ -7,11 +7,13 @@ dropped beyond `capacity`. A second engine on an already loaded checkpoint share
 `ServingWorker` is the only thread that calls a model (CUDA-graph trees are per thread, and it
 keeps the models' work in one order). Webcam streams hand it their newest frame with
 `frame(...)`; a frame still waiting from the same stream is dropped, so a stream never falls
-behind. Each round the worker takes every waiting stream's frame and runs them through the
-models together, one `PosePipeline.process` call per engine (one batch when the sessions share
-one), then runs one queued job (`call(fn)`: an image, a chunk of an uploaded video, loading an
-engine). Every session's frame is in every round, so the sessions are served in turn and see the
-same frame rate; beyond `max_streams` live streams a new one is refused with `ServerBusy`.
+behind. Each round the worker takes every waiting stream's frame (after waiting up to
+`gather_s` for the live streams whose answers just went out) and runs them through the models
+together, one `PosePipeline.process` call per engine (one batch when the sessions share one),
+then runs one queued job (`call(fn)`: an image, a chunk of an uploaded video, loading an
+engine). Every live session's frame is in every round, so the sessions are served in turn and
+see the same frame rate; beyond `max_streams` live streams a new one is refused with
+`ServerBusy`.
 """
 
 from __future__ import annotations
@@ -137,12 +139,19 @@ class ServingStats:
 class ServingWorker:
     """The one thread that runs the models for every session (see the module docstring)."""
 
-    def __init__(self, engines: EngineCache, max_streams: int = 4, live_s: float = 2.0) -> None:
-        if max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+    def __init__(
+        self,
+        engines: EngineCache,
+        max_streams: int = 4,
+        live_s: float = 2.0,
+        gather_s: float = 0.02,
+    ) -> None:
+        if max_streams < 1 or gather_s < 0:
+            raise ValueError(f"need max_streams >= 1, gather_s >= 0; got {max_streams}, {gather_s}")
         self.engines = engines
         self.max_streams = max_streams
         self.live_s = live_s  # a stream that sent nothing for this long no longer holds a place
+        self.gather_s = gather_s
         self.stats = ServingStats()
         self._cond = threading.Condition()
         self._frames: dict[int, _FrameRequest] = {}
@@ -218,6 +227,8 @@ class ServingWorker:
             with self._cond:
                 while not (self._frames or self._jobs or self._closed):
                     self._cond.wait()
+                if self._frames:
+                    self._gather()
                 if self._closed:
                     pending = [*self._frames.values(), *self._jobs]
                     self._frames.clear()
@@ -236,6 +247,16 @@ class ServingWorker:
                     job.finish(error=err)
         for request in pending:
             request.finish(error=RuntimeError("the server is shutting down"))
+
+    def _gather(self) -> None:
+        """Wait up to `gather_s` for the other live streams' next frames, so that streams
+        whose answers just went out join this round's batch instead of running one by one."""
+        deadline = time.monotonic() + self.gather_s
+        while not self._closed and any(s not in self._frames for s in self._live):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _serve_frames(self, requests: list[_FrameRequest]) -> None:
         """One round: every stream's newest frame, one `process` call per engine."""

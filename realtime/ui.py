@@ -91,6 +91,7 @@ class UiConfig:
         fps_smoothing: weight of the newest frame interval in the shown FPS (an EMA).
         max_upload_mb: largest file accepted.
         max_streams: webcams served at once; one more is told the page is full.
+        batch_wait_s: how long the models wait for the other webcams' frames to batch them.
         engines: pose engines kept loaded (distinct model / flip test / decoder settings).
         keep_files_s: uploads and results are deleted this long after they were made.
         sweep_every_s: how often old files are looked for.
@@ -105,6 +106,7 @@ class UiConfig:
     fps_smoothing: float = 0.2
     max_upload_mb: int = 500
     max_streams: int = 4
+    batch_wait_s: float = 0.02
     engines: int = 3
     keep_files_s: int = 1800
     sweep_every_s: int = 60
@@ -170,7 +172,9 @@ class PoseApp:
         temporal: TemporalConfig | None = None,
     ) -> None:
         self.engines = engines
-        self.worker = ServingWorker(engines, config.max_streams, live_s=config.new_stream_gap_s)
+        self.worker = ServingWorker(
+            engines, config.max_streams, config.new_stream_gap_s, config.batch_wait_s
+        )
         self.defaults = defaults
         self.config = config
         self.jobs_dir = jobs_dir

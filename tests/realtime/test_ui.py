@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -20,13 +19,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from ui_server import free_port, tiny_options
 
-from ccm.checkpoint import PoseConfig, save_checkpoint
 from realtime.assemble import PipelineOptions, build_pipeline
-from realtime.detector import DetectorConfig
-from realtime.pipeline import PipelineConfig, StreamState
+from realtime.pipeline import StreamState
 from realtime.serving import EngineCache, ServerBusy
 from realtime.sources import Frame
 from realtime.ui import (
@@ -48,45 +45,14 @@ BUS = ASSETS / "bus.jpg"
 WINDOW = (1280, 900)
 
 
-def tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    config = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
-    model = config.build_model()
-    # Fresh weights give heatmaps of ~1e-16 (activations vanish through BatchNorm's unit running
-    # variance): calibrate BatchNorm on one random batch and scale the prediction layer, so the
-    # heatmaps peak around 0.5-1 and some keypoints pass the renderer's 0.3 threshold.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the calibration batch
-    with torch.no_grad():
-        model.train()(torch.randn(4, 3, *config.input_size))
-        model.head.final_layer.weight.mul_(8.0)
-    model.eval()
-    return save_checkpoint(path, model, config)
-
-
 @pytest.fixture(scope="module")
 def options(tmp_path_factory) -> PipelineOptions:
-    pose = tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
-    return PipelineOptions(
-        pose=pose,
-        detector=Path("yolo11n.yaml"),
-        device="cpu",
-        detection=DetectorConfig(conf=0.0, max_det=3, imgsz=320),
-        pipeline=PipelineConfig(min_pose_score=0.0),
-    )
+    return tiny_options(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
 def pipeline(options):
     return build_pipeline(options)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
