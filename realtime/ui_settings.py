@@ -1,16 +1,69 @@
-"""The browser demo's settings: one session's choices, checked whatever sent them."""
+"""The browser demo's settings: the page's (`UiConfig`) and one session's (`Controls`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ccm.refine import DECODE_METHODS
+from realtime.assemble import WEIGHTS_DIR
+from realtime.render import RenderConfig
 from realtime.serving import EngineCache
 from realtime.temporal import METHODS as TEMPORAL_METHODS
 
 MAX_DET_EVERY = 30
+
+
+@dataclass(frozen=True)
+class UiConfig:
+    """How the page behaves.
+
+    Attributes:
+        stream_every_s: the browser sends a webcam frame this often (seconds).
+        stream_time_limit_s: a webcam stream ends after this many seconds (press record again).
+        new_stream_gap_s: a webcam pause longer than this starts a fresh track history.
+        fps_smoothing: weight of the newest frame interval in the shown FPS (an EMA).
+        max_upload_mb: largest file accepted.
+        max_streams: webcams served at once; one more is told the page is full.
+        batch_wait_s: how long the models wait for the other webcams' frames to batch them.
+        engines: pose engines kept loaded (distinct model / flip test / decoder settings).
+        keep_files_s: uploads and results are deleted this long after they were made.
+        sweep_every_s: how often old files are looked for.
+        queue_size: events that may wait for a worker; more are refused with "queue full".
+        weights_dir: pose checkpoints (*.safetensors) offered in the model list.
+        render: how skeletons, track ids and the FPS/latency overlay are drawn.
+    """
+
+    stream_every_s: float = 0.1
+    stream_time_limit_s: int = 600
+    new_stream_gap_s: float = 2.0
+    fps_smoothing: float = 0.2
+    max_upload_mb: int = 500
+    max_streams: int = 4
+    batch_wait_s: float = 0.02
+    engines: int = 3
+    keep_files_s: int = 1800
+    sweep_every_s: int = 60
+    queue_size: int = 16
+    weights_dir: Path = WEIGHTS_DIR
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    def __post_init__(self) -> None:
+        if not self.stream_every_s > 0 or self.stream_time_limit_s < 1:
+            raise ValueError(
+                f"need stream_every_s > 0 and stream_time_limit_s >= 1, got "
+                f"{self.stream_every_s}, {self.stream_time_limit_s}"
+            )
+        if not 0 < self.fps_smoothing <= 1:
+            raise ValueError(f"fps_smoothing must be in (0, 1], got {self.fps_smoothing}")
+        counts = (self.max_upload_mb, self.queue_size, self.max_streams, self.engines,
+                  self.keep_files_s, self.sweep_every_s)  # fmt: skip
+        if min(counts) < 1:
+            raise ValueError(
+                "max_upload_mb, queue_size, max_streams, engines, keep_files_s and "
+                f"sweep_every_s must be >= 1, got {counts}"
+            )
 
 
 def pose_choices(weights_dir: Path, current: Path) -> list[tuple[str, str]]:
