@@ -238,3 +238,29 @@ def test_memory_stays_flat_while_streaming(server, browser):
     assert samples[-1]["frames"] > samples[0]["frames"]
     assert settled.max() - settled[0] < 100, samples  # flat: no growth with frames served
     assert max(s["files"] for s in samples) <= 5
+
+
+def test_uploads_and_results_are_deleted_after_their_age(server, tmp_path):
+    url, demo, gradio_tmp = server
+    gradio_client = pytest.importorskip("gradio_client")
+    clip = tmp_path / "walk.mp4"
+    with av.open(str(SAMPLE)) as source, av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        for i, frame in enumerate(source.decode(video=0)):
+            if i == 6:
+                break
+            for packet in stream.encode(frame.reformat(width=320, height=180)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    client = gradio_client.Client(url, verbose=False, download_files=False)
+    _, _, summary = client.predict(gradio_client.handle_file(str(clip)), api_name="/process_video")
+    assert summary.startswith("6 frames in ")
+    jobs = demo.pose_app.jobs_dir
+    made = files_under(gradio_tmp)
+    assert made >= 3 and files_under(jobs) >= 2  # the upload, the video, the poses
+    deadline = time.monotonic() + 90  # kept 20 s, looked for every 5 s
+    while time.monotonic() < deadline and (files_under(gradio_tmp) or files_under(jobs)):
+        time.sleep(2)
+    assert (files_under(gradio_tmp), files_under(jobs)) == (0, 0), made
