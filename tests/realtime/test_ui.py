@@ -8,6 +8,7 @@ bounds and that what the JSON says is what was drawn, never positions.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +37,7 @@ from realtime.ui import (
     resolve_port,
     serve,
 )
+from realtime.ui_media import FileSweeper, plain_reason
 from realtime.ui_settings import Controls
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -329,3 +331,19 @@ def test_video_errors_name_no_server_paths(client, tmp_path):
         client.predict(gradio_client.handle_file(str(noise)), api_name="/process_video")
     message = str(e.value)
     assert "/tmp" not in message and "Errno" not in message and tempfile.gettempdir() not in message
+
+
+def test_errors_read_without_server_paths_and_old_files_go(tmp_path):
+    err = OSError(2, "No such file or directory", "/tmp/gradio/4f2a/clip.mp4")
+    assert plain_reason(err) == "No such file or directory: 'clip.mp4'"
+    assert plain_reason("decoding failed at /srv/x/y.mp4 and/or 3 frames/s") == (
+        "decoding failed at y.mp4 and/or 3 frames/s"
+    )
+    old, new = tmp_path / "old", tmp_path / "new.mp4"
+    old.mkdir()
+    (old / "a.jsonl").write_text("{}\n")
+    new.write_bytes(b"x")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    sweeper = FileSweeper(tmp_path, age_s=60, every_s=3600)
+    assert sweeper.sweep() == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["new.mp4"]
+    sweeper.close()
