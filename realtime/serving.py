@@ -178,9 +178,10 @@ class ServingWorker:
             now = time.monotonic()
             self._forget_quiet(now)
             if stream not in self._live and len(self._live) >= self.max_streams:
+                webcams = f"{self.max_streams} webcam{'s' if self.max_streams > 1 else ''}"
                 raise ServerBusy(
-                    f"the server is already showing {self.max_streams} webcams, its most; "
-                    "press Record again when one of them stops"
+                    f"the server is already showing {webcams}, its most; press Record again "
+                    "when one of them stops"
                 )
             self._live[stream] = now
             stale = self._frames.pop(stream, None)

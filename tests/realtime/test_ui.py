@@ -347,3 +347,19 @@ def test_errors_read_without_server_paths_and_old_files_go(tmp_path):
     sweeper = FileSweeper(tmp_path, age_s=60, every_s=3600)
     assert sweeper.sweep() == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["new.mp4"]
     sweeper.close()
+
+
+def test_a_webcam_beyond_the_limit_is_told_in_words(pipeline, options, tmp_path):
+    import gradio as gr  # here: realtime.ui set the offline switches before gradio loads
+
+    app = make_app(pipeline, options, tmp_path, max_streams=1)
+    frame = np.asarray(Image.open(BUS).convert("RGB").resize((160, 120)))
+    first, second = app.new_session(), app.new_session()
+    image, _ = app.webcam_frame(frame, first)
+    assert image.shape == frame.shape
+    with pytest.raises(gr.Error, match="already showing 1 webcam, its most; press Record again"):
+        app.webcam_frame(frame, second)
+    app.end_session(first)  # the first visitor closed the tab: the place is free at once
+    image, _ = app.webcam_frame(frame, second)
+    assert image.shape == frame.shape
+    app.close()
