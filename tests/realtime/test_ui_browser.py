@@ -70,9 +70,9 @@ def server(tmp_path_factory):
     gradio_tmp = tmp_path_factory.mktemp("gradio")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_TEMP_DIR", str(gradio_tmp))
-        config = UiConfig(weights_dir=weights, keep_files_s=20, sweep_every_s=5)
+        config = UiConfig(weights_dir=weights, max_upload_mb=2, keep_files_s=20, sweep_every_s=5)
         demo = build_ui(build_pipeline(options), options, config)
-        url = serve(demo, port=free_port(), block=False)
+        url = serve(demo, port=free_port(), max_upload_mb=2, block=False)
         yield url, demo, gradio_tmp
         demo.close()
 
@@ -264,3 +264,14 @@ def test_uploads_and_results_are_deleted_after_their_age(server, tmp_path):
     while time.monotonic() < deadline and (files_under(gradio_tmp) or files_under(jobs)):
         time.sleep(2)
     assert (files_under(gradio_tmp), files_under(jobs)) == (0, 0), made
+
+
+def test_a_refused_upload_leaves_nothing(server):
+    url, _, gradio_tmp = server
+    httpx = pytest.importorskip("httpx")
+    before = files_under(gradio_tmp)
+    big = np.random.default_rng(3).integers(0, 256, 3 * 2**20, dtype=np.uint8).tobytes()
+    response = httpx.post(url + "gradio_api/upload", files={"files": ("big.mp4", big)}, timeout=60)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+    assert str(gradio_tmp) not in response.text  # no server path in the answer
+    assert files_under(gradio_tmp) == before
