@@ -238,6 +238,23 @@ def test_settings_belong_to_one_session(pipeline, options, tmp_path):
     app.close()
 
 
+def test_a_pose_model_that_does_not_load_is_refused_and_the_list_goes_back(
+    pipeline, options, tmp_path
+):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    app = make_app(pipeline, options, tmp_path)
+    assert str(broken) in [value for _, value in app.choices]
+    session = app.new_session()
+    with pytest.warns(UserWarning, match="Pose model not loaded"):
+        _, saved, text, shown = app.apply_settings(str(broken), 2, True, "dark", "none", session)
+    pose = str(Path(options.pose).resolve())
+    assert shown == saved["pose"] == pose and "tiny.safetensors" in text
+    assert session.controls.values() == (pose, 2, True, "dark", "none")
+    assert str(tmp_path) not in str(text)
+    app.close()
+
+
 def test_engines_are_cached_per_setting_and_share_the_network(pipeline, options, tmp_path):
     engines = EngineCache(pipeline, options.pose, capacity=2)
     network = pipeline.estimator.model
