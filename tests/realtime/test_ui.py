@@ -8,34 +8,37 @@ bounds and that what the JSON says is what was drawn, never positions.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import socket
 import subprocess
+import tempfile
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from ui_server import free_port, tiny_options
 
-from ccm.checkpoint import PoseConfig, save_checkpoint
 from realtime.assemble import PipelineOptions, build_pipeline
-from realtime.detector import DetectorConfig
-from realtime.pipeline import PipelineConfig
+from realtime.pipeline import StreamState
+from realtime.serving import EngineCache, ServerBusy
+from realtime.sources import Frame
 from realtime.ui import (
     DEFAULT_PORT,
     TAB_TITLES,
     TITLE,
-    Controls,
     PoseApp,
-    SharedModels,
     UiConfig,
     build_ui,
     resolve_port,
     serve,
 )
+from realtime.ui_media import FileSweeper, plain_reason
+from realtime.ui_settings import Controls
 
 gradio_client = pytest.importorskip("gradio_client")
 from ultralytics.utils import ASSETS  # noqa: E402  (after realtime.ui set the offline switches)
@@ -44,45 +47,14 @@ BUS = ASSETS / "bus.jpg"
 WINDOW = (1280, 900)
 
 
-def tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    config = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
-    model = config.build_model()
-    # Fresh weights give heatmaps of ~1e-16 (activations vanish through BatchNorm's unit running
-    # variance): calibrate BatchNorm on one random batch and scale the prediction layer, so the
-    # heatmaps peak around 0.5-1 and some keypoints pass the renderer's 0.3 threshold.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the calibration batch
-    with torch.no_grad():
-        model.train()(torch.randn(4, 3, *config.input_size))
-        model.head.final_layer.weight.mul_(8.0)
-    model.eval()
-    return save_checkpoint(path, model, config)
-
-
 @pytest.fixture(scope="module")
 def options(tmp_path_factory) -> PipelineOptions:
-    pose = tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
-    return PipelineOptions(
-        pose=pose,
-        detector=Path("yolo11n.yaml"),
-        device="cpu",
-        detection=DetectorConfig(conf=0.0, max_det=3, imgsz=320),
-        pipeline=PipelineConfig(min_pose_score=0.0),
-    )
+    return tiny_options(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
 def pipeline(options):
     return build_pipeline(options)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -238,42 +210,173 @@ def test_port_rule_flag_then_environment_then_7860():
         resolve_port(70000, {})
 
 
-def test_settings_rebuild_only_what_they_change(pipeline, options, tmp_path):
-    models = SharedModels(pipeline, options.pose)
-    before = models.loaded
-    network = before.engine.model
+def make_app(pipeline, options, tmp_path, **config) -> PoseApp:
+    engines = EngineCache(pipeline, options.pose, capacity=config.pop("engines", 3))
+    defaults = Controls(Path(options.pose).resolve(), 1, True, "parabola", "softnms")
+    return PoseApp(engines, defaults, UiConfig(weights_dir=tmp_path, **config), tmp_path)
 
-    models.configure(Controls(options.pose, det_every=3, flip_test=True, decoder="parabola",
-                              temporal="softnms"))  # fmt: skip
-    assert models.loaded.engine is before.engine  # a pipeline setting leaves the engine alone
-    assert models.loaded.pipeline.det_every == 3 and models.version == 1
 
-    models.configure(Controls(options.pose, 3, flip_test=False, decoder="dark", temporal="none"))
-    engine = models.loaded.engine
-    assert engine is not before.engine and engine.model is network  # no weights reload
-    assert (engine.config.flip_test, engine.config.decoder) == (False, "dark")
-    fresh = models.new_pipeline().pipeline
-    assert fresh.temporal is None and fresh.config.det_every == 3 and fresh.estimator is engine
-    assert fresh.detector is pipeline.detector
+def test_settings_belong_to_one_session(pipeline, options, tmp_path):
+    app = make_app(pipeline, options, tmp_path)
+    pose = str(Path(options.pose).resolve())
+    first, text, *shown = app.restore(None)
+    second, *_ = app.restore({"det_every": 4, "decoder": "dark", "flip_test": "yes", "pose": "/x"})
+    assert shown == [pose, 1, True, "parabola", "softnms"] and "tiny.safetensors" in text
+    # What a browser saved comes back; a value that is not on offer keeps the default.
+    assert second.controls.values() == (pose, 4, True, "dark", "softnms")
+    assert first.id != second.id
 
-    app = PoseApp(models, UiConfig(), tmp_path)
-    state = app.apply_settings(str(tmp_path / "missing.safetensors"), 5, True, "argmax", "none")
-    assert state[1:] == (str(Path(options.pose).resolve()), 3, False, "dark", "none")
-    assert models.version == 2  # the refused change left everything as it was
+    session, saved, text, shown_pose = app.apply_settings(pose, 7, False, "argmax", "none", first)
+    assert session is first and first.controls.values() == (pose, 7, False, "argmax", "none")
+    assert saved == {"pose": pose, "det_every": 7, "flip_test": False, "decoder": "argmax",
+                     "temporal": "none"}  # fmt: skip
+    assert "every 7 frames" in text and "argmax decoder" in text and shown_pose == pose
+    assert second.controls.values() == (pose, 4, True, "dark", "softnms")  # untouched
+    # A checkpoint that is not in the list is never loaded, whoever sends it.
+    app.apply_settings(str(tmp_path / "missing.safetensors"), 5, True, "dark", "none", first)
+    assert first.controls.values() == (pose, 5, True, "dark", "none")
+    app.close()
+
+
+def test_a_pose_model_that_does_not_load_is_refused_and_the_list_goes_back(
+    pipeline, options, tmp_path
+):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    app = make_app(pipeline, options, tmp_path)
+    assert str(broken) in [value for _, value in app.choices]
+    session = app.new_session()
+    with pytest.warns(UserWarning, match="Pose model not loaded"):
+        _, saved, text, shown = app.apply_settings(str(broken), 2, True, "dark", "none", session)
+    pose = str(Path(options.pose).resolve())
+    assert shown == saved["pose"] == pose and "tiny.safetensors" in text
+    assert session.controls.values() == (pose, 2, True, "dark", "none")
+    assert str(tmp_path) not in str(text)
+    app.close()
+
+
+def test_engines_are_cached_per_setting_and_share_the_network(pipeline, options, tmp_path):
+    engines = EngineCache(pipeline, options.pose, capacity=2)
+    network = pipeline.estimator.model
+    dark = engines.get(engines.key(options.pose, True, "dark"))
+    assert dark.estimator.model is network and dark.detector is pipeline.detector
+    assert dark.estimator.config.decoder == "dark" and dark.estimator.config.flip_test
+    assert engines.get(engines.key(options.pose, True, "dark")) is dark
+    argmax = engines.get(engines.key(options.pose, False, "argmax"))
+    assert [k.config.decoder for k, _ in engines.items()] == ["dark", "argmax"]  # LRU of 2
+    assert argmax.estimator.model is network
+    with pytest.raises((OSError, ValueError)):
+        engines.get(engines.key(tmp_path / "missing.safetensors", True, "dark"))
 
 
 def test_webcam_frames_keep_one_session_and_show_fps(pipeline, options, tmp_path):
-    models = SharedModels(pipeline, options.pose)
-    app = PoseApp(models, UiConfig(), tmp_path)
+    app = make_app(pipeline, options, tmp_path)
+    session = app.new_session()
     frame = np.asarray(Image.open(BUS).convert("RGB").resize((180, 240)))
 
-    first, session = app.webcam_frame(frame, None)
+    first, session = app.webcam_frame(frame, session)
+    stream = session.stream
     second, same = app.webcam_frame(frame, session)
 
     assert same is session and session.frames == 2 and session.interval_s > 0
+    assert session.stream is stream and stream.frames == 2
     assert first.shape == second.shape == frame.shape and first.dtype == np.uint8
     assert not np.array_equal(first, frame)  # at least the latency overlay is drawn
-    models.configure(Controls(options.pose, 2, True, "parabola", "softnms"))
-    _, renewed = app.webcam_frame(frame, session)
-    assert renewed is not session and renewed.frames == 1  # new settings, new pipeline
-    assert app.webcam_frame(None, renewed) == (None, renewed)
+    pose = str(Path(options.pose).resolve())
+    app.apply_settings(pose, 2, True, "parabola", "softnms", session)
+    app.webcam_frame(frame, session)
+    assert session.stream is not stream and session.frames == 1  # new settings, new stream
+    assert session.stream.det_every == 2
+    assert app.webcam_frame(None, session) == (None, session)
+    app.close()
+
+
+def test_serving_batches_every_sessions_newest_frame(pipeline, options, tmp_path):
+    app = make_app(pipeline, options, tmp_path, max_streams=2)
+    worker, key = app.worker, app.engines.base
+    image = np.asarray(Image.open(BUS).convert("RGB").resize((160, 120)))
+    release = threading.Event()
+    blocker = threading.Thread(target=worker.call, args=(release.wait,))
+    blocker.start()  # holds the worker, so the frames below meet in one round
+    while worker._jobs:  # until the worker has taken the blocking job
+        time.sleep(0.01)
+    answers: dict[str, object] = {}
+
+    def send(name: str, stream: int, state: StreamState, index: int) -> None:
+        answers[name] = worker.frame(stream, key, state, Frame(index, 0.0, image, 0.0))
+
+    states = [StreamState(), StreamState()]
+    threads = [threading.Thread(target=send, args=("a0", 1, states[0], 0))]
+    threads[0].start()
+    while 1 not in worker._frames:
+        time.sleep(0.01)
+    threads += [threading.Thread(target=send, args=(n, s, states[s - 1], i))
+                for n, s, i in (("a1", 1, 1), ("b0", 2, 0))]  # fmt: skip
+    for thread in threads[1:]:
+        thread.start()
+    while len(worker._frames) < 2 or "a0" not in answers:
+        time.sleep(0.01)
+    assert answers["a0"] is None  # replaced by the same session's newer frame
+    with pytest.raises(ServerBusy, match="already showing 2 webcams"):
+        worker.frame(3, key, StreamState(), Frame(0, 0.0, image, 0.0))
+    release.set()
+    for thread in [blocker, *threads]:
+        thread.join(60)
+    assert answers["a1"].frame.index == 1 and answers["b0"].frame.index == 0
+    assert answers["a1"].batch == answers["b0"].batch == 2  # one batch for both sessions
+    assert worker.stats.largest_batch == 2 and worker.stats.dropped == 1
+    assert states[0].frames == states[1].frames == 1
+    app.close()
+
+
+def test_image_endpoint_refuses_urls_and_non_images(client, tmp_path):
+    url = {"path": "https://example.com/bus.jpg", "url": "https://example.com/bus.jpg",
+           "meta": {"_type": "gradio.FileData"}}  # fmt: skip
+    with pytest.raises(gradio_client.exceptions.AppError, match="never a URL"):
+        client.predict(url, api_name="/predict_image")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image\n")
+    with pytest.raises(gradio_client.exceptions.AppError, match="not an image this page") as err:
+        client.predict(gradio_client.handle_file(str(text)), api_name="/predict_image")
+    assert "pi_heif" not in str(err.value) and "/" not in str(err.value)
+
+
+def test_video_errors_name_no_server_paths(client, tmp_path):
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(np.random.default_rng(2).integers(0, 256, 5_000, dtype=np.uint8).tobytes())
+    with pytest.raises(gradio_client.exceptions.AppError, match="Could not process noise.mp4") as e:
+        client.predict(gradio_client.handle_file(str(noise)), api_name="/process_video")
+    message = str(e.value)
+    assert "/tmp" not in message and "Errno" not in message and tempfile.gettempdir() not in message
+
+
+def test_errors_read_without_server_paths_and_old_files_go(tmp_path):
+    err = OSError(2, "No such file or directory", "/tmp/gradio/4f2a/clip.mp4")
+    assert plain_reason(err) == "No such file or directory: 'clip.mp4'"
+    assert plain_reason("decoding failed at /srv/x/y.mp4 and/or 3 frames/s") == (
+        "decoding failed at y.mp4 and/or 3 frames/s"
+    )
+    old, new = tmp_path / "old", tmp_path / "new.mp4"
+    old.mkdir()
+    (old / "a.jsonl").write_text("{}\n")
+    new.write_bytes(b"x")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    sweeper = FileSweeper(tmp_path, age_s=60, every_s=3600)
+    assert sweeper.sweep() == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["new.mp4"]
+    sweeper.close()
+
+
+def test_a_webcam_beyond_the_limit_is_told_in_words(pipeline, options, tmp_path):
+    import gradio as gr  # here: realtime.ui set the offline switches before gradio loads
+
+    app = make_app(pipeline, options, tmp_path, max_streams=1)
+    frame = np.asarray(Image.open(BUS).convert("RGB").resize((160, 120)))
+    first, second = app.new_session(), app.new_session()
+    image, _ = app.webcam_frame(frame, first)
+    assert image.shape == frame.shape
+    with pytest.raises(gr.Error, match="already showing 1 webcam, its most; press Record again"):
+        app.webcam_frame(frame, second)
+    app.end_session(first)  # the first visitor closed the tab: the place is free at once
+    image, _ = app.webcam_frame(frame, second)
+    assert image.shape == frame.shape
+    app.close()
