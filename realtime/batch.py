@@ -219,6 +219,6 @@ class OutputWorker:
         self.jsonl.write(result.poses)
         t2 = time.perf_counter()
         result.timings.update(render=(t1 - t0) * 1000, encode=(t2 - t1) * 1000)
-        for stage, ms in result.timings.items():
-            self._totals[stage] = self._totals.get(stage, 0.0) + ms
+        for stage in result.timings:
+            self._totals[stage] = self._totals.get(stage, 0.0) + result.frame_ms(stage)
         self._count += 1

@@ -64,7 +64,7 @@ from realtime.assemble import (
 from realtime.batch import OutputWorker
 from realtime.detector import Detections, DetectorConfig, shipped_model_yaml
 from realtime.offline import configure_offline
-from realtime.pipeline import STAGES, FrameResult, PosePipeline
+from realtime.pipeline import STAGES, FrameResult, PosePipeline, frame_share
 from realtime.render import render_frame
 from realtime.results import FramePoses
 from realtime.samples import SYNTHETIC_WALK
@@ -338,8 +338,7 @@ def _record(result: FrameResult, loop_ms: float) -> _Record:
 
 
 def _stage_ms(record: _Record, stage: str) -> float:
-    per_frame = stage in ("render", "encode")
-    return record.timings.get(stage, 0.0) / (1 if per_frame else record.batch)
+    return frame_share(record.timings, record.batch, stage)
 
 
 def summarize(values_ms: list[float]) -> dict[str, float]:

@@ -81,10 +81,21 @@ class FrameResult:
     batch: int = 1
     people: int = 0
 
+    def frame_ms(self, stage: str) -> float:
+        """This frame's share of a stage's time (`frame_share`)."""
+        return frame_share(self.timings, self.batch, stage)
+
     @property
     def latency_ms(self) -> float:
         """From the frame's batch leaving the decoder to its poses being ready."""
         return sum(v for k, v in self.timings.items() if k not in ("decode", "render", "encode"))
+
+
+def frame_share(timings: dict[str, float], batch: int, stage: str) -> float:
+    """One frame's share of a stage's ms: render and encode are the frame's own, the other stages
+    ran once for its micro-batch of `batch` frames."""
+    ms = timings.get(stage, 0.0)
+    return ms if stage in ("render", "encode") else ms / batch
 
 
 class StageTimer:

@@ -4,8 +4,9 @@ Chromium plays `synthetic_walk.mp4` (as a .y4m file) as the webcam of every page
 context is one visitor: its own Gradio session and its own local storage. The server runs in
 this process on 127.0.0.1, so the tests read its serving counters and memory directly.
 
-The soak (`test_memory_stays_flat_while_streaming`, marked slow) streams for
-`$CCM_UI_SOAK_S` seconds (default 1200) and writes its samples to `$CCM_UI_SOAK_OUT` if set.
+The soak (`test_memory_stays_flat_while_streaming`, marked slow) runs only when `$CCM_UI_SOAK_S`
+is set: it streams for that many seconds (20 minutes, 1200, is what README reports) and writes
+its samples to `$CCM_UI_SOAK_OUT` if set.
 """
 
 from __future__ import annotations
@@ -210,9 +211,12 @@ def test_model_names_are_whole_and_nothing_covers_the_overlay(server, browser):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    "CCM_UI_SOAK_S" not in os.environ, reason="a soak of minutes: set CCM_UI_SOAK_S=seconds"
+)
 def test_memory_stays_flat_while_streaming(server, browser):
     url, demo, gradio_tmp = server
-    seconds = float(os.environ.get("CCM_UI_SOAK_S", "1200"))
+    seconds = float(os.environ["CCM_UI_SOAK_S"])
     pages = [visitor(browser, url), visitor(browser, url)]
     for page in pages:
         start_webcam(page)
