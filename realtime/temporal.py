@@ -342,6 +342,7 @@ class TemporalFusion:
         else:
             out = kpts[..., :2]
         self._update(s, slot, window, fused, velocity)
+        out = _within_reach(out, poses.boxes.to(out.device, out.dtype))
 
         track_ids = torch.where(slot >= 0, s.ids[slot.clamp(min=0)], -1)
         keypoints = torch.cat([out, scores], -1).to(poses.keypoints.dtype)
@@ -566,6 +567,15 @@ def _group_matrix(keypoints: int, groups: tuple[tuple[int, ...], ...]) -> Tensor
     for g, members in enumerate(groups):
         matrix[list(members), g] = True
     return matrix
+
+
+def _within_reach(xy: Tensor, boxes: Tensor) -> Tensor:
+    """Fused x, y (N, K, 2) kept within one box size of the person's current box (N, 4): fusion
+    moves a joint by its motion between frames, and a prediction that overshoots further (a track
+    of wild estimates) is not where the network looked."""
+    size = boxes[:, 2:] - boxes[:, :2]
+    lo, hi = boxes[:, None, :2] - size[:, None], boxes[:, None, 2:] + size[:, None]
+    return torch.minimum(torch.maximum(xy, lo), hi)
 
 
 def _scatter(values: Tensor, slot: Tensor, into: Tensor) -> Tensor:

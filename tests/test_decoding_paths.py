@@ -48,7 +48,8 @@ def test_one_codec_gives_identical_keypoints_in_evaluation_pseudo_labels_and_rea
     instances = [Instance(image, 1, box, np.zeros((17, 3))) for box in BOXES]
 
     # Realtime: the pose stage on a frame with those boxes.
-    estimator = PoseEstimator(FixedMaps(maps), POSE, EngineConfig(decoder="dark", blur_kernel=5))
+    config = EngineConfig(decoder="dark", blur_kernel=5, precision="fp32")  # the maps as they are
+    estimator = PoseEstimator(FixedMaps(maps), POSE, config)
     realtime = estimator(torch.zeros(1, 3, 240, 320), torch.tensor(BOXES)).double()
 
     # Evaluation: the COCO path, flip test on.

@@ -547,3 +547,12 @@ def test_cuda_matches_cpu_without_host_sync(method: str) -> None:
     for a, b in zip(on_cpu, on_cuda, strict=True):
         assert a.track_ids.tolist() == b.track_ids.tolist()
         torch.testing.assert_close(b.keypoints.cpu(), a.keypoints, atol=1e-3, rtol=0)
+
+
+def test_fused_joints_stay_within_one_box_size_of_the_persons_box():
+    from realtime.temporal import _within_reach
+
+    boxes = torch.tensor([[100.0, 50.0, 140.0, 130.0]])  # 40 x 80
+    xy = torch.tensor([[[120.0, 90.0], [300.0, -200.0], [20.0, 500.0]]])
+    out = _within_reach(xy, boxes)
+    torch.testing.assert_close(out, torch.tensor([[[120.0, 90.0], [180.0, -30.0], [60.0, 210.0]]]))
