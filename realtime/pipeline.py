@@ -241,11 +241,7 @@ class PosePipeline:
                 b, s = dets.boxes, dets.scores
             else:  # boxes from the previous poses; their detector scores rescore them
                 state = states[i]
-                b = boxes_from_keypoints(
-                    state.previous.keypoints,
-                    self.config.box_keypoint_threshold,
-                    image_size=(height, width),
-                )
+                b = _boxes_from_poses(state, frames[i], self.config, (height, width))
                 s = state.previous_box_scores
             boxes.append(b.to(self.device, torch.float32))
             box_scores.append(s.to(self.device, torch.float32))
@@ -337,6 +333,19 @@ class PosePipeline:
         host.copy_(packed, non_blocking=True)
         torch.cuda.current_stream(self.device).synchronize()
         return host.numpy().copy()
+
+
+def _boxes_from_poses(
+    state: StreamState, frame: Frame, config: PipelineConfig, size: tuple[int, int]
+) -> Tensor:
+    """Boxes for a frame without detection: the stream's last poses moved on by their tracks'
+    motion where the temporal stage predicts it, else around the last poses as they were."""
+    predict = getattr(state.temporal, "predicted_boxes", None)
+    if predict is not None:
+        return predict(frame.pts, config.box_keypoint_threshold, image_size=size)
+    return boxes_from_keypoints(
+        state.previous.keypoints, config.box_keypoint_threshold, image_size=size
+    )
 
 
 def _check_reuse(states: list[StreamState]) -> None:

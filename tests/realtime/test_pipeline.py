@@ -221,3 +221,27 @@ def test_unused_config_value_is_refused():
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         PipelineConfig(batch_size=0)
     assert PoseConfig("ccm_mobilenetv2").heatmap_mapping == "pixel-center"
+
+
+def test_frames_without_detection_take_the_boxes_the_temporal_stage_predicts():
+    class Predicting:
+        """A temporal stage that passes poses through and predicts fixed boxes."""
+
+        def __init__(self) -> None:
+            self.asked: list[float] = []
+
+        def __call__(self, poses):
+            return poses
+
+        def predicted_boxes(self, pts, score_thr, image_size):
+            self.asked.append(pts)  # one box per person of the last frame, moved on by 5 px
+            return torch.tensor([box(x + 5, y) for x, y in POINTS])
+
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    temporal = Predicting()
+    pipe = pipeline(det, PipelineConfig(det_every=2, nms="none"), temporal=temporal)
+    pipe(frame(0))
+    second = pipe(frame(1))
+    assert det.calls == 1 and temporal.asked == [0.1]
+    kept = np.array(sorted(second.poses.boxes.numpy().tolist()))
+    np.testing.assert_allclose(kept, sorted(box(x + 5, y) for x, y in POINTS), atol=1e-4)
