@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import inspect
 import itertools
@@ -46,6 +47,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Lap = Callable[[str], None]  # a stage timer's `lap(stage)`
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU runs bf16 matrix work natively (AMX or AVX512-BF16)."""
     try:

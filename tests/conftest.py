@@ -40,16 +40,19 @@ def write_clip(
     fps: int = 10,
     rotation: float | None = None,
     faststart: bool = False,
+    codec: str = "libx264",
 ) -> Path:
-    """An H.264 mp4 of `clip_frame`s, (height, width) = `size`, stored unrotated; `rotation`
-    writes a display matrix (counter-clockwise degrees, as PyAV's VideoFrame.rotation reads
-    it back); `faststart` puts the moov box before the media data."""
+    """A video of `clip_frame`s, (height, width) = `size`, stored unrotated, in the container
+    its suffix names (H.264 unless `codec` says otherwise, e.g. "mpeg4" for an .avi);
+    `rotation` writes a display matrix (counter-clockwise degrees, as PyAV's
+    VideoFrame.rotation reads it back); `faststart` puts the moov box before the media data."""
     height, width = size
     options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", format="mp4", options=options) as container:
-        stream = container.add_stream("libx264", rate=fps)
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "18"}
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast", "crf": "18"}
         if rotation is not None:
             stream.set_display_rotation(rotation)
         for i in range(frames):

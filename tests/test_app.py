@@ -188,20 +188,6 @@ def test_every_pipeline_flag_reaches_its_config():
     assert defaults.pipeline.nms_threshold == 0.9 and defaults.detection.imgsz is None
 
 
-def _write_avi(path: Path, frames: int, clip_frame, size: tuple[int, int] = (48, 64)) -> Path:
-    height, width = size
-    with av.open(str(path), "w", format="avi") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(clip_frame(i, height, width), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
-
-
 def _frames(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
@@ -212,7 +198,7 @@ def _files(folder: Path) -> list[str]:
 
 
 def test_video_inputs_are_literal_outputs_distinct_and_failures_named(
-    tmp_path, pose_checkpoint, make_clip, clip_image
+    tmp_path, pose_checkpoint, make_clip
 ):
     """Real folders of files as a new user has them: brackets in names, one stem in two
     folders, clip.avi beside clip.mp4, a cut-off download, a pattern that matches nothing, an
@@ -223,7 +209,7 @@ def test_video_inputs_are_literal_outputs_distinct_and_failures_named(
     make_clip(clips / "a" / "clip [1080p].mp4", frames=3)
     make_clip(clips / "a" / "x.mp4", frames=4)
     make_clip(clips / "b" / "x.mp4", frames=5)
-    _write_avi(clips / "b" / "clip.avi", 6, clip_image)
+    make_clip(clips / "b" / "clip.avi", frames=6, codec="mpeg4")
     make_clip(clips / "b" / "clip.mp4", frames=7)
     full = make_clip(tmp_path / "full.mp4", frames=60, size=(48, 64), faststart=True)
     cut = clips / "b" / "cut.mp4"
