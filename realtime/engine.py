@@ -234,23 +234,26 @@ class PoseEstimator:
         images = images.to(self.device)
         if not images.is_floating_point():
             images = images.float()
-        owner = [i for i, n in enumerate(counts) for _ in range(n)]  # host ints, not a tensor
+        ends = list(itertools.accumulate(counts))  # host ints: where each image's boxes end
         chunks = []
         for start in range(0, len(boxes), self.largest_bucket):
-            stop = start + self.largest_bucket
-            chunks.append(self._chunk(images, boxes[start:stop], owner[start:stop], lap))
+            stop = min(start + self.largest_bucket, len(boxes))
+            chunks.append(self._chunk(images, boxes[start:stop], _segments(ends, start, stop), lap))
         if not chunks:
             return torch.zeros(0, self.pose.num_keypoints, 3, device=self.device)
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
-    def _chunk(self, images: Tensor, boxes: Tensor, owner: list[int], lap: Lap | None) -> Tensor:
+    def _chunk(
+        self, images: Tensor, boxes: Tensor, segments: list[tuple[int, int]], lap: Lap | None
+    ) -> Tensor:
         count = len(boxes)
         pad = self.bucket_for(count) - count
         boxes = boxes.to(self.device, torch.float32)
         if pad:  # padding people: one-pixel regions of the last image, dropped at the end
             boxes = torch.cat((boxes, boxes.new_zeros(pad, 4)))
-            owner = owner + [owner[-1]] * pad
-        crops, center, scale = self._crops(images, boxes, owner)
+            image, n = segments[-1]
+            segments = [*segments[:-1], (image, n + pad)]
+        crops, center, scale = self._crops(images, boxes, segments)
         _lap(lap, "crop")
         with autocast(self.device, "bf16" if self._autocast else "fp32"):
             heatmaps = self._network(crops)
@@ -262,16 +265,18 @@ class PoseEstimator:
         _lap(lap, "refine")
         return keypoints[:count] if pad else keypoints
 
-    def _crops(self, images: Tensor, boxes: Tensor, owner: list[int]) -> tuple[Tensor, ...]:
+    def _crops(
+        self, images: Tensor, boxes: Tensor, segments: list[tuple[int, int]]
+    ) -> tuple[Tensor, ...]:
         """Normalised crops (B or 2B, 3, H, W) in the network's dtype, and the regions (B, 2).
 
-        One warp per image for all its people (the image is shared, not copied per person)."""
+        `segments` (image, people) cover the boxes in order. One warp per image for all its
+        people (the image is shared, not copied per person)."""
         h, w = self.pose.input_size
         center, scale = box_to_center_scale(boxes, aspect_ratio=w / h)
         parts, start = [], 0
-        for image, group in itertools.groupby(owner):
-            stop = start + len(list(group))
-            one = images[image : image + 1]
+        for image, n in segments:
+            one, stop = images[image : image + 1], start + n
             parts.append(warp_crops(one, None, center[start:stop], scale[start:stop], (h, w)))
             start = stop
         crops = parts[0] if len(parts) == 1 else torch.cat(parts)  # float32 geometry
@@ -313,6 +318,17 @@ class PoseEstimator:
             # CUDA graphs remove per-kernel launch overhead; buckets keep the shapes static.
             return torch.compile(network, mode="reduce-overhead", dynamic=False)
         return _tensorrt_module(network, self.pose, self.config, self.crops_per_person)
+
+
+def _segments(ends: list[int], start: int, stop: int) -> list[tuple[int, int]]:
+    """(image, people) of the boxes start..stop, given where each image's boxes end."""
+    out, first = [], start
+    for image, end in enumerate(ends):
+        if end > first and first < stop:
+            n = min(end, stop) - first
+            out.append((image, n))
+            first += n
+    return out
 
 
 def _lap(lap: Lap | None, stage: str) -> None:

@@ -273,3 +273,20 @@ def test_tensorrt_cache_key_changes_with_weights_precision_gpu_and_versions(monk
     gpu["name"] = "NVIDIA H200"
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.10.0"))
     assert key() != base
+
+
+def test_a_chunk_of_people_is_split_by_the_image_each_came_from():
+    from realtime.engine import _segments
+
+    ends = [2, 2, 5, 9]  # image 1 has nobody; images 2 and 3 have 3 and 4 people
+    assert _segments(ends, 0, 4) == [(0, 2), (2, 2)]
+    assert _segments(ends, 4, 8) == [(2, 1), (3, 3)]
+    assert _segments(ends, 8, 9) == [(3, 1)]
+    # Every person of a crowd over four frames, chunked by 4 on eager, as one frame at a time.
+    points = [[(60.0 + 90 * j, 120.0) for j in range(n)] for n in (2, 0, 3, 4)]
+    frames = torch.cat([blob_frame(p) for p in points])
+    boxes = torch.tensor([[x - 40, y - 70, x + 50, y + 60] for p in points for x, y in p])
+    est = engine(batch_buckets=(1, 2, 4))
+    both = est(frames, boxes, counts=[len(p) for p in points])
+    flat = torch.tensor([xy for p in points for xy in p])
+    assert both.shape == (9, 17, 3) and (both[:, 0, :2] - flat).norm(dim=-1).max() < 0.05
