@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ccm.poses import FramePoses
 from realtime.pipeline import FrameResult, PosePipeline
-from realtime.results import FramePoses
 from realtime.sinks import JsonlWriter, Mp4Writer
 from realtime.sources import Frame, open_source
 

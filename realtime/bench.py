@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ccm.poses import FramePoses
 from realtime.assemble import (
     PipelineOptions,
     build_pipeline,
@@ -66,7 +67,6 @@ from realtime.detector import Detections, DetectorConfig, shipped_model_yaml
 from realtime.offline import configure_offline
 from realtime.pipeline import STAGES, FrameResult, PosePipeline, frame_share
 from realtime.render import render_frame
-from realtime.results import FramePoses
 from realtime.samples import SYNTHETIC_WALK
 from realtime.sinks import JsonlWriter, Mp4Writer
 from realtime.sources import Frame, open_source

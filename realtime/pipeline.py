@@ -31,10 +31,10 @@ import torch
 from torch import Tensor
 
 from ccm.nms import rescore, suppress_duplicates
+from ccm.poses import FramePoses
 from ccm.skeleton import COCO_SIGMAS
 from realtime.detector import Detections, boxes_from_keypoints
 from realtime.engine import PoseEstimator
-from realtime.results import FramePoses
 from realtime.sources import Frame
 
 STAGES = ("decode", "detect", "crop", "pose", "refine", "fuse", "render", "encode")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ccm.poses import FramePoses
 from ccm.skeleton import COCO_KEYPOINT_COLORS, COCO_LIMB_COLORS, COCO_LIMBS
-from realtime.results import FramePoses
 
 Color = tuple[int, int, int]
 

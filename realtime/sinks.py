@@ -32,7 +32,7 @@ import av
 import cv2
 import numpy as np
 
-from realtime.results import PIXEL_DECIMALS, SCORE_DECIMALS, FramePoses
+from ccm.poses import PIXEL_DECIMALS, SCORE_DECIMALS, FramePoses
 from realtime.sources import AudioTrack
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ class _AtomicTextWriter:
 
 
 class JsonlWriter(_AtomicTextWriter):
-    """One `FramePoses.to_json()` line per frame (the schema in realtime/results.py)."""
+    """One `FramePoses.to_json()` line per frame (the schema in ccm/poses.py)."""
 
     def write(self, poses: FramePoses) -> None:
         if self._fh is None:

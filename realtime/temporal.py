@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from ccm.nms import oks
+from ccm.poses import FramePoses
 from ccm.skeleton import COCO_FLIP_PAIRS, COCO_SIGMAS, flip_permutation
 from realtime.detector import boxes_from_keypoints
 from realtime.kalman import (
@@ -66,7 +67,6 @@ from realtime.kalman import (
     measurement_variance,
     unswap,
 )
-from realtime.results import FramePoses
 
 log = logging.getLogger(__name__)
 

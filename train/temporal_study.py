@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.results import FramePoses
+from ccm.poses import FramePoses
 from realtime.temporal import TemporalConfig, TemporalFusion
 from train.datasets import read_json
 from train.evaluate import coco_evaluate, format_table

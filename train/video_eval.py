@@ -36,7 +36,7 @@ import torch
 from pycocotools.coco import COCO
 
 from ccm.nms import oks
-from realtime.results import FramePoses
+from ccm.poses import FramePoses
 from train.datasets import read_json
 from train.evaluate import METRICS, coco_evaluate, format_table, percent_cells
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from ccm.poses import FramePoses
 from realtime.batch import describe_error, output_paths, partial_paths, process_video
 from realtime.pipeline import FrameResult
 from realtime.render import render_frame
-from realtime.results import FramePoses
 
 
 class SquareFinder:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from ccm.poses import FramePoses
 from realtime.images import COCO_IMAGES_FILE, COCO_RESULTS_FILE, POSES_FILE, process_images
 from realtime.inputs import IMAGE_SUFFIXES, expand_inputs
 from realtime.pipeline import FrameResult
 from realtime.render import render_frame
-from realtime.results import FramePoses
 
 
 class SquarePoser:

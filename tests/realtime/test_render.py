@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from ccm.poses import FramePoses
 from ccm.skeleton import COCO_KEYPOINT_COLORS, COCO_LIMB_COLORS, COCO_LIMBS
 from realtime.render import RenderConfig, draw_poses, draw_stats, render_frame, track_color
-from realtime.results import FramePoses
 
 H, W = 240, 320
 LEFT, RIGHT, CENTRE = (0, 255, 0), (255, 128, 0), (51, 153, 255)

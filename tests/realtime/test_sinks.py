@@ -17,8 +17,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ccm.poses import FramePoses
 from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS
-from realtime.results import FramePoses
 from realtime.sinks import (
     CocoResultsWriter,
     ImagePosesWriter,

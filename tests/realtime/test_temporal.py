@@ -26,9 +26,9 @@ import pytest
 import torch
 
 from ccm.nms import oks
+from ccm.poses import FramePoses
 from realtime.detector import boxes_from_keypoints
 from realtime.kalman import KalmanConfig
-from realtime.results import FramePoses
 from realtime.temporal import OneEuroConfig, TemporalConfig, TemporalFusion
 from train.figures import project_figure
 from train.synthetic import Split, VideoConfig, image_rng, sample_tracks

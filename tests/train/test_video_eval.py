@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from realtime.results import FramePoses
+from ccm.poses import FramePoses
 from realtime.samples import SYNTHETIC_WALK_GT
 from realtime.sinks import JsonlWriter
 from train.video_eval import (
