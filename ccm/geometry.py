@@ -50,6 +50,47 @@ def box_to_center_scale(
     return center, torch.stack((w, h), dim=-1) * padding
 
 
+def boxes_from_keypoints(
+    keypoints: torch.Tensor,
+    score_thr: float = 0.3,
+    padding: float = 1.25,
+    image_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Boxes around each person's confident keypoints, enlarged about their centre.
+
+    The tight box spans the keypoints whose score exceeds `score_thr`; its width and height are
+    then multiplied by `padding` (1.25 as in rtmlib's `pose_to_bbox`). A person with no keypoint
+    above the threshold gets the all-zero box; one with a single such keypoint gets a zero-size
+    box at it. Filter with `(x2 > x1) & (y2 > y1)` before cropping.
+
+    Args:
+        keypoints: (N, K, 3) x, y in image pixels and the keypoint score.
+        score_thr: keypoints with score <= this are ignored.
+        padding: scale factor on the box's width and height, > 0.
+        image_size: (H, W) to clip the boxes to [0, W] x [0, H] like the detector's, or None.
+
+    Returns:
+        (N, 4) x1, y1, x2, y2 in image pixels, same dtype and device as `keypoints`.
+    """
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 3:
+        raise ValueError(f"keypoints must have shape (N, K, 3), got {tuple(keypoints.shape)}")
+    if not padding > 0:
+        raise ValueError(f"padding must be > 0, got {padding}")
+    xy = keypoints[..., :2]
+    visible = (keypoints[..., 2] > score_thr).unsqueeze(-1)  # (N, K, 1)
+    anyone = visible.any(dim=1)  # (N, 1)
+    lo = torch.where(visible, xy, torch.inf).amin(dim=1)  # (N, 2)
+    hi = torch.where(visible, xy, -torch.inf).amax(dim=1)
+    lo, hi = torch.where(anyone, lo, 0.0), torch.where(anyone, hi, 0.0)
+    centre, half = (lo + hi) / 2, (hi - lo) / 2 * padding
+    boxes = torch.cat([centre - half, centre + half], dim=-1)
+    if image_size is not None:
+        h, w = image_size
+        limit = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+        boxes = torch.minimum(boxes.clamp(min=0), limit)
+    return boxes
+
+
 def center_scale_to_box(center: Tensor, scale: Tensor) -> Tensor:
     """Centre (N, 2) and region size (N, 2) -> boxes (N, 4) x1, y1, x2, y2 in image pixels."""
     return torch.cat((center - scale / 2, center + scale / 2), dim=-1)

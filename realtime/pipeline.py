@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ccm.geometry import boxes_from_keypoints
 from ccm.nms import rescore, suppress_duplicates
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_SIGMAS
-from realtime.detector import Detections, boxes_from_keypoints
+from realtime.detector import Detections
 from realtime.engine import PoseEstimator
 from realtime.sources import Frame
 

@@ -55,10 +55,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ccm.geometry import boxes_from_keypoints
 from ccm.nms import oks
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_FLIP_PAIRS, COCO_SIGMAS, flip_permutation
-from realtime.detector import boxes_from_keypoints
 from realtime.kalman import (
     COCO_LIMB_PAIRS,
     KalmanConfig,
@@ -362,7 +362,7 @@ class TemporalFusion:
         One box per person of the last frame this stage returned, in its row order: around that
         person's returned keypoints, moved to `pts` by their track's mean keypoint velocity (the
         body's motion: swinging limbs, extrapolated one by one, would overshoot; a person
-        without a track stays where it was), as `realtime.detector.boxes_from_keypoints`
+        without a track stays where it was), as `ccm.geometry.boxes_from_keypoints`
         makes them from poses with these arguments. Returns (N, 4) x1, y1, x2, y2 in image
         pixels on the frames' device; (0, 4) before the first frame. No host sync.
         """

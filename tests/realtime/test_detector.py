@@ -22,7 +22,6 @@ configure_offline()  # before anything imports ultralytics
 from realtime.detector import (  # noqa: E402
     DetectorConfig,
     PersonDetector,
-    boxes_from_keypoints,
     shipped_model_yaml,
     trained_size,
 )
@@ -223,40 +222,6 @@ def test_bad_config_and_frames_are_refused(detector: PersonDetector, bus_rgb: np
         detector(bus_rgb.astype(np.float32))
     with pytest.raises(ValueError, match=r"frame 1 must be an \(H, W, 3\) uint8 RGB array"):
         detector.detect_batch([bus_rgb, bus_rgb[..., 0]])
-
-
-def test_boxes_from_keypoints_hand_made() -> None:
-    kpts = torch.tensor(
-        [
-            # tight box x 10..30, y 20..60 (the 0.1 point is ignored, 0.3 == thr is ignored too)
-            [[10.0, 20.0, 0.9], [30.0, 60.0, 0.8], [100.0, 5.0, 0.1], [20.0, 40.0, 0.3]],
-            [[1.0, 2.0, 0.0], [3.0, 4.0, 0.2], [5.0, 6.0, 0.1], [7.0, 8.0, 0.3]],  # nobody
-            [[50.0, 70.0, 0.9], [0.0, 0.0, 0.0], [9.0, 9.0, 0.2], [1.0, 1.0, 0.0]],  # one point
-        ],
-        dtype=torch.float64,
-    )
-    boxes = boxes_from_keypoints(kpts, score_thr=0.3, padding=1.25)
-    expected = torch.tensor(
-        [[7.5, 15.0, 32.5, 65.0], [0.0, 0.0, 0.0, 0.0], [50.0, 70.0, 50.0, 70.0]],
-        dtype=torch.float64,
-    )
-    torch.testing.assert_close(boxes, expected, atol=0, rtol=0)
-    assert boxes.dtype == torch.float64
-
-    edge = torch.tensor([[[2.0, 3.0, 1.0], [12.0, 13.0, 1.0]]])
-    torch.testing.assert_close(
-        boxes_from_keypoints(edge, score_thr=0.5, padding=1.5),
-        torch.tensor([[-0.5, 0.5, 14.5, 15.5]]),
-    )
-    torch.testing.assert_close(
-        boxes_from_keypoints(edge, score_thr=0.5, padding=1.5, image_size=(14, 12)),
-        torch.tensor([[0.0, 0.5, 12.0, 14.0]]),
-    )
-    assert boxes_from_keypoints(torch.zeros(0, 17, 3)).shape == (0, 4)
-    with pytest.raises(ValueError, match=r"keypoints must have shape \(N, K, 3\)"):
-        boxes_from_keypoints(torch.zeros(2, 17))
-    with pytest.raises(ValueError, match="padding must be > 0"):
-        boxes_from_keypoints(kpts, padding=0.0)
 
 
 @pytest.mark.cuda

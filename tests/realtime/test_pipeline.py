@@ -11,7 +11,7 @@ import torch
 from toys import DotFinder, SpreadFinder, blob_frame
 
 from ccm.checkpoint import PoseConfig
-from realtime.detector import boxes_from_keypoints
+from ccm.geometry import boxes_from_keypoints
 from realtime.engine import EngineConfig, PoseEstimator
 from realtime.pipeline import PipelineConfig, PosePipeline
 from realtime.sources import Frame

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import torch
 
+from ccm.geometry import boxes_from_keypoints
 from ccm.nms import oks
 from ccm.poses import FramePoses
-from realtime.detector import boxes_from_keypoints
 from realtime.kalman import KalmanConfig
 from realtime.temporal import OneEuroConfig, TemporalConfig, TemporalFusion
 from train.figures import project_figure
