@@ -21,7 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-from realtime.offline import configure_offline
+from realtime.no_network import configure_offline
 
 configure_offline()  # before ultralytics or gradio is imported
 

@@ -64,7 +64,7 @@ from realtime.assemble import (
 )
 from realtime.batch import OutputWorker
 from realtime.detector import Detections, DetectorConfig, shipped_model_yaml
-from realtime.offline import configure_offline
+from realtime.no_network import configure_offline
 from realtime.pipeline import STAGES, FrameResult, PosePipeline, frame_share
 from realtime.render import render_frame
 from realtime.samples import SYNTHETIC_WALK

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from realtime.engine import autocast
-from realtime.offline import configure_offline
+from realtime.no_network import configure_offline
 
 log = logging.getLogger(__name__)
 

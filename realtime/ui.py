@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
-from realtime.offline import configure_offline
+from realtime.no_network import configure_offline
 
 configure_offline()  # before gradio is imported: no analytics, no version check
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from realtime.offline import configure_offline
+from realtime.no_network import configure_offline
 
 configure_offline()  # before gradio is imported: no analytics, no version check
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from realtime.offline import configure_offline
+from realtime.no_network import configure_offline
 
 configure_offline()  # before anything imports ultralytics
 
