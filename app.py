@@ -174,14 +174,14 @@ def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
 
 
 def run_video(args: argparse.Namespace) -> int:
-    from realtime.batch_cli import run_videos
+    from realtime.files_cli import run_videos
 
     specs = args.inputs or [SYNTHETIC_WALK]
     return run_videos(specs, args.out, pipeline_options(args), skip_existing=args.skip_existing)
 
 
 def run_images(args: argparse.Namespace) -> int:
-    from realtime.batch_cli import run_images
+    from realtime.files_cli import run_images
 
     return run_images(args.inputs, args.out, pipeline_options(args))
 

@@ -62,7 +62,6 @@ from realtime.assemble import (
     default_pose_checkpoint,
     resolve_device,
 )
-from realtime.batch import OutputWorker
 from realtime.detector import Detections, DetectorConfig, shipped_model_yaml
 from realtime.no_network import configure_offline
 from realtime.pipeline import STAGES, FrameResult, PosePipeline, frame_share
@@ -70,6 +69,7 @@ from realtime.render import render_frame
 from realtime.samples import SYNTHETIC_WALK
 from realtime.sinks import JsonlWriter, Mp4Writer
 from realtime.sources import Frame, open_source
+from realtime.videos import OutputWorker
 
 logger = logging.getLogger(__name__)
 

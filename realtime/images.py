@@ -24,11 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from realtime.batch import Renderer, describe_error
 from realtime.inputs import InputFile
 from realtime.pipeline import PosePipeline
 from realtime.sinks import CocoResultsWriter, ImagePosesWriter, write_image, write_json
 from realtime.sources import Frame, read_image
+from realtime.videos import Renderer, describe_error
 
 logger = logging.getLogger(__name__)
 

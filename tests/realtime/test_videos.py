@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from ccm.poses import FramePoses
-from realtime.batch import describe_error, output_paths, partial_paths, process_video
 from realtime.pipeline import FrameResult
 from realtime.render import render_frame
+from realtime.videos import describe_error, output_paths, partial_paths, process_video
 
 
 class SquareFinder:
