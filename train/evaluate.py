@@ -2,8 +2,9 @@
 
 Prediction is split in two so that one network pass serves many refinement settings:
 
-1. `predict_heatmaps`: crops (`train.data.TopDownDataset`, no augmentation) -> the model's heatmaps
-   on the crops and, for the flip test, on their mirror images (`torch.flip(crops, [-1])`).
+1. `predict_heatmaps`: crops (`train.samples.TopDownDataset`, no augmentation) -> the model's
+   heatmaps on the crops and, for the flip test, on their mirror images (`torch.flip(crops,
+   [-1])`).
 2. `decode_poses`: heatmaps -> poses in image pixels: flip fusion with the sub-pixel shift (SSP,
    Eq. (22)), Gaussian filtering (GF), sub-pixel decoding (SOA Eq. (10)-(19), DARK, ...), the
    model's heatmap mapping (`PoseConfig.heatmap_mapping`), the heatmap -> image map of
@@ -37,7 +38,8 @@ from torch.utils.data import DataLoader
 from ccm.checkpoint import PoseConfig, load_checkpoint
 from ccm.nms import oks_nms, rescore, soft_nms_fusion
 from ccm.refine import DECODE_METHODS
-from train.data import Instance, TopDownDataset, image_index, load_coco, load_detections
+from train.annotations import Instance, image_index, load_coco, load_detections
+from train.samples import TopDownDataset
 
 log = logging.getLogger(__name__)
 

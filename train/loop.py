@@ -33,10 +33,8 @@ from tqdm import tqdm
 
 from ccm.checkpoint import PoseConfig, check_state_dict, read_checkpoint, save_checkpoint
 from ccm.model import build_model
-from train.data import (
+from train.annotations import (
     Instance,
-    TopDownDataset,
-    build_stage_dataset,
     image_index,
     load_aic,
     load_coco,
@@ -44,6 +42,7 @@ from train.data import (
     load_pseudo_labels,
 )
 from train.mine_negatives import gt_boxes_from_coco, load_detection_records, mine_hard_negatives
+from train.samples import TopDownDataset, build_stage_dataset
 from train.state import (
     METRICS_FILE,
     STATE_FILE,

@@ -2,7 +2,7 @@
 
 A hard negative is a confident detection (score >= 0.5) that intersects no ground-truth person
 box at all: intersection area exactly 0, not merely a low IoU. Training on such boxes with
-all-zero target heatmaps (`train.data.load_negatives`) teaches the pose network to answer false
+all-zero target heatmaps (`train.samples.load_negatives`) teaches the pose network to answer false
 detections with low responses.
 
 Boxes are COCO [x, y, w, h] in image pixels throughout.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.datasets import read_json
+from train.annotations import read_json
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@
    unlabelled (v = 0); persons left with no label are dropped.
 
 The output is a COCO keypoints json (images, annotations, categories) that
-`train.data.load_pseudo_labels` reads.
+`train.samples.load_pseudo_labels` reads.
 
     python -m train.pseudo_label --teachers a.safetensors b.safetensors \\
         --labelled-ann annotations/person_keypoints_train.json \\
@@ -32,8 +32,7 @@ from torch import Tensor, nn
 from ccm.checkpoint import PoseConfig, load_checkpoint
 from ccm.refine import DECODE_METHODS
 from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS
-from train.data import Instance
-from train.datasets import read_json
+from train.annotations import Instance, read_json
 from train.evaluate import eval_loader, run_model
 from train.mine_negatives import add_detector_arguments, detect_persons, load_detection_records
 

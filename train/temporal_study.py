@@ -27,7 +27,7 @@ import numpy as np
 
 from ccm.poses import FramePoses
 from realtime.temporal import TemporalConfig, TemporalFusion
-from train.datasets import read_json
+from train.annotations import read_json
 from train.evaluate import coco_evaluate, format_table
 from train.synthetic import MOTIONS, VideoConfig, generate_video
 from train.video_eval import (

@@ -37,7 +37,7 @@ from pycocotools.coco import COCO
 
 from ccm.nms import oks
 from ccm.poses import FramePoses
-from train.datasets import read_json
+from train.annotations import read_json
 from train.evaluate import METRICS, coco_evaluate, format_table, percent_cells
 
 MOTION_METRICS = ("jitter", "lag")

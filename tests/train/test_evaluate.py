@@ -18,7 +18,7 @@ from ccm.geometry import crop_to_heatmap, grid_to_image, image_to_grid
 from ccm.nms import nms_similarity
 from ccm.skeleton import flip_permutation
 from train import ablate, evaluate
-from train.data import TopDownDataset, image_index, load_coco, load_detections
+from train.annotations import image_index, load_coco, load_detections
 from train.evaluate import (
     METRICS,
     EvalConfig,
@@ -29,6 +29,7 @@ from train.evaluate import (
     evaluate_model,
     suppress_duplicates,
 )
+from train.samples import TopDownDataset
 from train.synthetic import SceneConfig, SyntheticConfig, generate_dataset
 
 CONFIG = PoseConfig("simplebaseline_shufflenetv2")  # only its sizes: (256, 192) -> (64, 48)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from ccm.checkpoint import PoseConfig, load_checkpoint, save_checkpoint
 from ccm.model import build_model
 from train.__main__ import main
-from train.data import TopDownDataset, load_coco
+from train.annotations import load_coco
 from train.loop import (
     amp_dtype,
     build_training_model,
@@ -25,6 +25,7 @@ from train.loop import (
     train,
     train_step,
 )
+from train.samples import TopDownDataset
 from train.state import (
     STATE_FILE,
     DataConfig,

@@ -11,7 +11,7 @@ import torch
 
 from ccm.checkpoint import PoseConfig, save_checkpoint
 from train import mine_negatives, pseudo_label
-from train.data import image_index, load_negatives, load_pseudo_labels
+from train.annotations import image_index, load_negatives, load_pseudo_labels
 from train.mine_negatives import gt_boxes_from_coco, mine_hard_negatives
 from train.pseudo_label import pick_threshold
 from train.synthetic import SceneConfig, SyntheticConfig, generate_dataset

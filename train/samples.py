@@ -1,6 +1,6 @@
 """Top-down training samples: person crops and their heatmap targets, and stage mixing (Eq. (7)).
 
-`TopDownDataset` turns `Instance`s (see `train.datasets`) into network inputs: the person's
+`TopDownDataset` turns `Instance`s (see `train.annotations`) into network inputs: the person's
 region (`ccm.geometry.box_to_center_scale`) is perturbed (`train.augment`), cut out of the image
 with cv2.warpAffine, and the keypoints go through exactly the same matrix, then crop -> heatmap
 and into Gaussian targets (`PoseConfig.codec()`, so targets and decoding share one convention).
@@ -24,22 +24,10 @@ from torch.utils.data import Dataset
 from ccm.checkpoint import PoseConfig
 from ccm.geometry import box_to_center_scale
 from ccm.skeleton import flip_permutation
-from train.augment import AugmentConfig, CropTransform, color_jitter, crop_matrix, sample_transform
-from train.datasets import (
+from train.annotations import (
     Instance,
-    image_index,
-    load_aic,
-    load_coco,
-    load_detections,
-    load_negatives,
-    load_pseudo_labels,
 )
-
-__all__ = [
-    "AugmentConfig", "Instance", "TopDownDataset", "build_stage_dataset", "image_index", "load_aic",
-    "load_coco", "load_detections", "load_negatives", "load_pseudo_labels",
-    "read_image",
-]  # fmt: skip
+from train.augment import AugmentConfig, CropTransform, color_jitter, crop_matrix, sample_transform
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,9 @@ from torch.utils.data import DataLoader
 from ccm.checkpoint import PoseConfig
 from ccm.geometry import apply_affine, crop_to_heatmap, grid_to_image_matrix
 from ccm.skeleton import COCO_KEYPOINTS, flip_permutation
-from train.data import (
-    AugmentConfig,
+from train.annotations import (
+    AIC_IMAGE_ID_OFFSET,
     Instance,
-    TopDownDataset,
-    build_stage_dataset,
     image_index,
     load_aic,
     load_coco,
@@ -22,8 +20,9 @@ from train.data import (
     load_negatives,
     load_pseudo_labels,
 )
-from train.datasets import AIC_IMAGE_ID_OFFSET
+from train.augment import AugmentConfig
 from train.mine_negatives import gt_boxes_from_coco, load_detection_records, mine_hard_negatives
+from train.samples import TopDownDataset, build_stage_dataset
 from train.synthetic import SceneConfig, SyntheticConfig, generate_dataset
 
 CONFIG = PoseConfig(arch="ccm_resnet50")  # input (256, 192), heatmaps (64, 48), unbiased, sigma 2
