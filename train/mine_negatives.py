@@ -125,7 +125,7 @@ def detect_persons(
     missing = [p for p in images.values() if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images not found, first: {missing[0]}")
-    from train.detector import load_yolo
+    from train.detector_training import load_yolo
 
     model = load_yolo(name)
     ids = list(images)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from train.detector import (
+from train.detector_training import (
     convert_split,
     evaluate_detector,
     load_yolo,

@@ -1,7 +1,7 @@
 """Train a YOLO person detector with ultralytics on a COCO-format keypoint dataset.
 
-    python -m train.detector --data DIR --out runs/detector [--model yolo11n.yaml] [--epochs 30]
-    python -m train.detector --data VALDIR --out runs/det-eval --evaluate runs/detector/best.pt
+    python -m train.detector_training --data DIR --out runs/detector [--model M] [--epochs 30]
+    python -m train.detector_training --data VALDIR --out runs/det-eval --evaluate best.pt
 
 Converts `annotations/person_keypoints_{train,val}.json` of DIR (the layout of `train.synthetic`)
 into the YOLO layout (images linked, one label file per image: `0 cx cy w h`, normalised), trains
@@ -134,7 +134,7 @@ def _val_metrics(weights: Path, yaml: Path, imgsz: int, batch: int, device: str)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m train.detector", description=__doc__.split("\n\n")[0]
+        prog="python -m train.detector_training", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--data", type=Path, required=True, help="COCO-layout dataset folder")
     parser.add_argument("--out", type=Path, default=Path("runs/detector"), help="output folder")
