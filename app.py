@@ -26,7 +26,7 @@ from realtime.no_network import configure_offline
 configure_offline()  # before ultralytics or gradio is imported
 
 from ccm.refine import DECODE_METHODS  # noqa: E402
-from realtime.assemble import PipelineOptions  # noqa: E402
+from realtime.assemble import PipelineSpec  # noqa: E402
 from realtime.detector import DetectorConfig  # noqa: E402
 from realtime.engine import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
 from realtime.pipeline import NMS_METHODS, PipelineConfig  # noqa: E402
@@ -140,8 +140,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
     )
 
 
-def pipeline_options(args: argparse.Namespace) -> PipelineOptions:
-    return PipelineOptions(
+def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
+    return PipelineSpec(
         pose=args.pose,
         detector=args.detector,
         device=args.device,

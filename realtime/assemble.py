@@ -1,6 +1,6 @@
 """Build a ready pipeline from plain options: the one place that knows every stage's config.
 
-`app.py` parses flags into `PipelineOptions` and calls `build_pipeline` once; the CLI, the
+`app.py` parses flags into `PipelineSpec` and calls `build_pipeline` once; the CLI, the
 Gradio UI and the benchmark all share the result.
 """
 
@@ -26,8 +26,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass(frozen=True)
-class PipelineOptions:
-    """Everything a user can choose about the pipeline. Paths None pick the defaults in weights/."""
+class PipelineSpec:
+    """Everything a user can choose about the pipeline: weights, device and every stage's config
+    (`PipelineConfig` is the pipeline stage's own). Paths None pick the defaults in weights/."""
 
     pose: Path | None = None
     detector: Path | None = None
@@ -60,7 +61,7 @@ def default_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
     return select_detector_weights(weights_dir)
 
 
-def build_pipeline(options: PipelineOptions) -> PosePipeline:
+def build_pipeline(options: PipelineSpec) -> PosePipeline:
     """Load the pose checkpoint and the detector, build (and warm up) the pose stage, wire the
     stages."""
     device = resolve_device(options.device)

@@ -57,7 +57,7 @@ from torch import Tensor
 
 from ccm.poses import FramePoses
 from realtime.assemble import (
-    PipelineOptions,
+    PipelineSpec,
     build_pipeline,
     default_pose_checkpoint,
     resolve_device,
@@ -419,7 +419,7 @@ class YoloPoseReference:
 
 
 def run_benchmark(
-    options: PipelineOptions,
+    options: PipelineSpec,
     config: BenchConfig,
     pipeline: PosePipeline | None = None,
     table: TextIO | None = None,
@@ -485,7 +485,7 @@ def run_benchmark(
 
 
 def _report(
-    options: PipelineOptions,
+    options: PipelineSpec,
     config: BenchConfig,
     pipeline: PosePipeline,
     device: torch.device,

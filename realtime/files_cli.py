@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from realtime import distributed
-from realtime.assemble import PipelineOptions
+from realtime.assemble import PipelineSpec
 from realtime.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, process_images
 from realtime.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
 from realtime.render import render_frame
@@ -48,7 +48,7 @@ def _video_input_problems(found: ExpandedInputs) -> list[tuple[str, str]]:
 
 
 def run_videos(
-    specs: Sequence[str | Path], out: Path, options: PipelineOptions, skip_existing: bool = False
+    specs: Sequence[str | Path], out: Path, options: PipelineSpec, skip_existing: bool = False
 ) -> int:
     """`app.py video`: every video of `specs` -> OUT/name.mp4 and OUT/name.jsonl. Under
     torchrun each rank runs its share on its own device and rank 0 prints the summary."""
@@ -143,7 +143,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-def run_images(specs: Sequence[str | Path], out: Path, options: PipelineOptions) -> int:
+def run_images(specs: Sequence[str | Path], out: Path, options: PipelineSpec) -> int:
     """`app.py images`: every image of `specs` posed on its own (temporal fusion off) ->
     OUT/poses.jsonl, OUT/coco_results.json, OUT/coco_images.json and rendered images."""
     check_out_dir(out)

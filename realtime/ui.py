@@ -41,7 +41,7 @@ configure_offline()  # before gradio is imported: no analytics, no version check
 import gradio as gr  # noqa: E402
 
 from realtime.assemble import (  # noqa: E402
-    PipelineOptions,
+    PipelineSpec,
     build_pipeline,
     default_pose_checkpoint,
 )
@@ -101,7 +101,7 @@ _HELP_SETTINGS = (
 
 
 def build_ui(
-    pipeline: PosePipeline, options: PipelineOptions, config: UiConfig | None = None
+    pipeline: PosePipeline, options: PipelineSpec, config: UiConfig | None = None
 ) -> gr.Blocks:
     """The page around `pipeline` (built by `build_pipeline(options)`); queue set, not launched."""
     config = config or UiConfig()
@@ -246,7 +246,7 @@ _CSS = "#pose-model input, #pose-model .token, #pose-model li { text-overflow: c
 
 
 def launch(
-    options: PipelineOptions, port: int | None = None, share: bool = False, max_upload_mb: int = 500
+    options: PipelineSpec, port: int | None = None, share: bool = False, max_upload_mb: int = 500
 ) -> None:
     """Build the pipeline once and serve the page until interrupted."""
     resolve_port(port)  # a bad port fails before the models load

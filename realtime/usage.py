@@ -16,7 +16,7 @@ import re
 import signal
 from pathlib import Path
 
-from realtime.assemble import PipelineOptions, build_pipeline
+from realtime.assemble import PipelineSpec, build_pipeline
 from realtime.pipeline import PosePipeline
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def check_out_dir(out: Path) -> None:
         raise UsageError(f"--out {out}: the folder is not writable; choose another with --out")
 
 
-def load_pipeline(options: PipelineOptions) -> PosePipeline:
+def load_pipeline(options: PipelineSpec) -> PosePipeline:
     """`build_pipeline`, with a failure to load either model turned into one line that names
     the flag to fix."""
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ccm.checkpoint import PoseConfig, save_checkpoint
-from realtime.assemble import PipelineOptions
+from realtime.assemble import PipelineSpec
 from realtime.detector import DetectorConfig
 from realtime.pipeline import PipelineConfig
 
@@ -31,10 +31,10 @@ def tiny_checkpoint(path: Path) -> Path:
     return save_checkpoint(path, model, config)
 
 
-def tiny_options(pose: Path) -> PipelineOptions:
+def tiny_options(pose: Path) -> PipelineSpec:
     """A pipeline on the CPU around `tiny_checkpoint(pose)` and a random-weight YOLO (conf 0,
     at most 3 boxes)."""
-    return PipelineOptions(
+    return PipelineSpec(
         pose=tiny_checkpoint(pose),
         detector=Path("yolo11n.yaml"),
         device="cpu",

@@ -22,7 +22,7 @@ from realtime.no_network import configure_offline
 configure_offline()  # before anything imports ultralytics
 
 from ccm.checkpoint import PoseConfig, save_checkpoint  # noqa: E402
-from realtime.assemble import PipelineOptions, build_pipeline  # noqa: E402
+from realtime.assemble import PipelineSpec, build_pipeline  # noqa: E402
 from realtime.bench import (  # noqa: E402
     LATENCY_STAGES,
     BenchConfig,
@@ -49,9 +49,9 @@ def pose_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def options(pose_checkpoint: Path) -> PipelineOptions:
+def options(pose_checkpoint: Path) -> PipelineSpec:
     # A random-weight YOLO scores every box alike: conf 0 and max_det 3 give three "people".
-    return PipelineOptions(
+    return PipelineSpec(
         pose=pose_checkpoint,
         detector=Path("yolo11n.yaml"),
         device="cpu",
@@ -61,7 +61,7 @@ def options(pose_checkpoint: Path) -> PipelineOptions:
 
 
 @pytest.fixture(scope="module")
-def pipeline(options: PipelineOptions):
+def pipeline(options: PipelineSpec):
     return build_pipeline(options)
 
 

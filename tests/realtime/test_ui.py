@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 from ui_server import free_port, tiny_options
 
-from realtime.assemble import PipelineOptions, build_pipeline
+from realtime.assemble import PipelineSpec, build_pipeline
 from realtime.pipeline import StreamState
 from realtime.serving import EngineCache, ServerBusy
 from realtime.sources import Frame
@@ -48,7 +48,7 @@ WINDOW = (1280, 900)
 
 
 @pytest.fixture(scope="module")
-def options(tmp_path_factory) -> PipelineOptions:
+def options(tmp_path_factory) -> PipelineSpec:
     return tiny_options(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
