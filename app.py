@@ -40,7 +40,7 @@ from realtime.usage import (  # noqa: E402
     describe,
     install_signal_handlers,
 )
-from realtime.weights import add_weights_commands  # noqa: E402
+from realtime.weights_cli import add_weights_commands  # noqa: E402
 
 logger = logging.getLogger("ccm-pose")
 

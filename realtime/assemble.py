@@ -18,7 +18,7 @@ from realtime.detector import DetectorConfig, PersonDetector
 from realtime.engine import EngineConfig, PoseEstimator
 from realtime.pipeline import PipelineConfig, PosePipeline
 from realtime.temporal import TemporalConfig, TemporalFusion
-from realtime.weights import select_detector_weights, select_pose_checkpoint
+from realtime.weights.verify import select_detector_weights, select_pose_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def resolve_device(device: str) -> str:
 def default_pose_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
     """The pose checkpoint to use when none is named: the present, verified one with the best AP.
 
-    See `realtime.weights.select_pose_checkpoint`; it logs which one it picked and why.
+    See `realtime.weights.verify.select_pose_checkpoint`; it logs which one it picked and why.
     """
     return select_pose_checkpoint(weights_dir)
 
@@ -56,7 +56,7 @@ def default_pose_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
 def default_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
     """The YOLO person detector to use when none is named: the verified one with the best AP.
 
-    See `realtime.weights.select_detector_weights`; it logs which one it picked.
+    See `realtime.weights.verify.select_detector_weights`; it logs which one it picked.
     """
     return select_detector_weights(weights_dir)
 

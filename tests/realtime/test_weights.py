@@ -30,14 +30,10 @@ from ccm.checkpoint import (
 )
 from ccm.model import build_model, load_backbone_weights
 from realtime.assemble import default_detector_weights, default_pose_checkpoint
-from realtime.weights import (
-    MANIFEST_PATH,
-    add_weights_commands,
-    best_present,
-    entry_status,
-    fetch,
-    load_manifest,
-)
+from realtime.weights.fetch import fetch
+from realtime.weights.manifest import MANIFEST_PATH, load_manifest
+from realtime.weights.verify import best_present, entry_status
+from realtime.weights_cli import add_weights_commands
 
 SIZE = (64, 32)
 
@@ -353,7 +349,7 @@ def test_best_present_picks_the_highest_verified_ap(tmp_path, tiny_checkpoint, c
     best = best_present("pose", tmp_path)
     assert best is not None and best.entry.name == "c" and best.path == tmp_path / "c.safetensors"
 
-    caplog.set_level(logging.INFO, logger="realtime.weights")
+    caplog.set_level(logging.INFO, logger="realtime.weights.verify")
     assert default_pose_checkpoint(tmp_path) == tmp_path / "c.safetensors"
     assert f"pose checkpoint: {tmp_path / 'c.safetensors'} (c, ccm_mobilenetv2" in caplog.text
     assert "not using" in caplog.text and "b.safetensors: mismatch" in caplog.text
@@ -378,7 +374,7 @@ def test_demo_weights_come_after_every_real_checkpoint(tmp_path, tiny_checkpoint
     )
     for name in ("demo", "coco"):
         shutil.copy(tiny_checkpoint, tmp_path / f"{name}.safetensors")
-    caplog.set_level(logging.INFO, logger="realtime.weights")
+    caplog.set_level(logging.INFO, logger="realtime.weights.verify")
     assert default_pose_checkpoint(tmp_path) == tmp_path / "coco.safetensors"
     assert "demo weights" not in caplog.text
     (tmp_path / "coco.safetensors").unlink()
