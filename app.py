@@ -196,7 +196,8 @@ def run_ui(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from realtime.bench import BenchConfig, run_benchmark
+    from realtime.bench.config import BenchConfig
+    from realtime.bench.run import run_benchmark
 
     config = BenchConfig(
         source=args.source, frames=args.frames, warmup=args.warmup, mode=args.mode, out=args.out,

@@ -23,14 +23,9 @@ configure_offline()  # before anything imports ultralytics
 
 from ccm.checkpoint import PoseConfig, save_checkpoint  # noqa: E402
 from realtime.assemble import PipelineSpec, build_pipeline  # noqa: E402
-from realtime.bench import (  # noqa: E402
-    LATENCY_STAGES,
-    BenchConfig,
-    PeopleOverride,
-    load_ground_truth_boxes,
-    run_benchmark,
-    tiled_boxes,
-)
+from realtime.bench.config import BenchConfig  # noqa: E402
+from realtime.bench.frames import PeopleOverride, load_ground_truth_boxes, tiled_boxes  # noqa: E402
+from realtime.bench.run import LATENCY_STAGES, run_benchmark  # noqa: E402
 from realtime.detector import Detections, DetectorConfig  # noqa: E402
 from realtime.pipeline import STAGES, PipelineConfig  # noqa: E402
 from realtime.samples import VTEST_SHORT  # noqa: E402

@@ -1,0 +1,41 @@
+"""What the benchmark times (source, frames, mode, people per frame) and where it writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from realtime.samples import SYNTHETIC_WALK
+
+MODES = ("throughput", "latency")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to time and where to write the report.
+
+    `frames` are timed after `warmup` untimed ones; `people_from_gt` (a ground-truth JSON of a
+    `train.synthetic` video) and `fixed_people` (N) replace the detector's boxes, at most one.
+    """
+
+    source: Path = SYNTHETIC_WALK
+    frames: int = 200
+    warmup: int = 20
+    mode: str = "throughput"
+    out: Path = Path("bench")
+    reference: bool = False
+    reference_weights: str | Path = "yolo11n-pose.pt"
+    people_from_gt: Path | None = None
+    fixed_people: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose from {MODES}")
+        if self.fixed_people is not None and self.fixed_people < 1:
+            raise ValueError(f"fixed_people must be >= 1, got {self.fixed_people}")
+        if self.fixed_people is not None and self.people_from_gt is not None:
+            raise ValueError("choose one of people_from_gt and fixed_people, not both")

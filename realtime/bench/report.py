@@ -1,0 +1,264 @@
+"""The benchmark's report: per-frame records summarised into `bench.json`, a text table and a plot.
+
+`OUT/bench.json` holds: "device" (torch threads counted when timing ended), "cpu" (model, cores,
+1/5/15-minute load average at the start), "versions", "config" (bench and pipeline options),
+"pose_model", "source", "mode", "frames", "warmup", "total_s", "fps", "latency_ms" and "loop_ms"
+(median / p95 / mean / max), "stages" ({stage: {median_ms, p95_ms, mean_ms, max_ms}}), "people"
+(how they were chosen; per-frame counts into the pose stage and out of the pipeline), and
+"reference" (ultralytics' FPS, latency and its own speed dict in ms) with "fps_ratio" = ours /
+reference, or null. `OUT/bench.png` is a bar chart of the median ms per stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from realtime.assemble import PipelineSpec, default_pose_checkpoint
+from realtime.bench.config import BenchConfig
+from realtime.bench.frames import ClipLoop, PeopleOverride
+from realtime.bench.reference import REFERENCE_SPEED, YoloPoseReference
+from realtime.pipeline import STAGES, PosePipeline, frame_share
+
+
+@dataclass
+class FrameRecord:
+    """One timed frame: stage ms (render/encode may be filled in later by the worker)."""
+
+    timings: dict[str, float]
+    batch: int
+    latency_ms: float
+    loop_ms: float
+    people: int
+    poses: int
+
+
+def stage_ms(record: FrameRecord, stage: str) -> float:
+    return frame_share(record.timings, record.batch, stage)
+
+
+def summarize(values_ms: list[float]) -> dict[str, float]:
+    """Median, 95th percentile (linear interpolation), mean and max of a list of ms."""
+    a = np.asarray(values_ms, dtype=np.float64)
+    return {
+        "median_ms": float(np.median(a)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "mean_ms": float(a.mean()),
+        "max_ms": float(a.max()),
+    }
+
+
+def build_report(
+    options: PipelineSpec,
+    config: BenchConfig,
+    pipeline: PosePipeline,
+    device: torch.device,
+    frames: ClipLoop,
+    records: list[FrameRecord],
+    seconds: float,
+    people: PeopleOverride,
+) -> dict[str, Any]:
+    stages = {s: summarize([stage_ms(r, s) for r in records]) for s in STAGES}
+    if config.people_from_gt is not None:
+        chosen = {"source": "ground-truth", "ground_truth": str(config.people_from_gt)}
+    elif config.fixed_people is not None:
+        chosen = {"source": "fixed", "fixed": config.fixed_people}
+    else:
+        chosen = {"source": "detector"}
+    counts = [r.people for r in records]
+    pose = pipeline.estimator.pose
+    info = frames.info
+    return {
+        "device": _device_info(device),
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count()},
+        "versions": _versions(),
+        "config": {"bench": _plain(config), "pipeline": _plain(options)},
+        "pose_model": {
+            "checkpoint": str(options.pose or default_pose_checkpoint()),
+            "arch": pose.arch,
+            "input_size": list(pose.input_size),
+            "detector": str(getattr(getattr(pipeline.detector, "config", None), "weights", "")),
+        },
+        # What the "auto" choices resolved to on this machine.
+        "profile": {
+            "pose": pipeline.estimator.describe(),
+            "detector_precision": getattr(pipeline.detector, "precision", None),
+            "batch_size": pipeline.config.batch_size,
+        },
+        "source": {
+            "path": str(config.source),
+            "width": info.width,
+            "height": info.height,
+            "fps": info.fps,
+            "frame_count": info.frame_count,
+            "passes": frames.passes,
+        },  # fmt: skip
+        "mode": config.mode,
+        "frames": len(records),
+        "warmup": config.warmup,
+        "total_s": seconds,
+        "fps": len(records) / seconds,
+        "latency_ms": summarize([r.latency_ms for r in records]),
+        "loop_ms": summarize([r.loop_ms for r in records]),
+        "stages": stages,
+        "people": {
+            **chosen,
+            "per_frame": float(np.mean(counts)),
+            "min": int(min(counts)),
+            "max": int(max(counts)),
+            "poses_per_frame": float(np.mean([r.poses for r in records])),
+            "detector_boxes_per_call": float(np.mean(people.detected)) if people.detected else 0.0,
+        },
+        "reference": None,
+        "fps_ratio": None,
+    }
+
+
+def reference_report(
+    reference: YoloPoseReference, records: list[FrameRecord], seconds: float
+) -> dict[str, Any]:
+    stages = (*REFERENCE_SPEED, "decode", "render", "encode")
+    return {
+        "weights": reference.weights,
+        "random_weights": Path(reference.weights).suffix in (".yaml", ".yml"),
+        "frames": len(records),
+        "total_s": seconds,
+        "fps": len(records) / seconds,
+        "latency_ms": summarize([r.latency_ms for r in records]),
+        "loop_ms": summarize([r.loop_ms for r in records]),
+        "stages": {s: summarize([stage_ms(r, s) for r in records]) for s in stages},
+        "people_per_frame": float(np.mean([r.people for r in records])),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device_info(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return {"type": "cuda", "name": name, "cuda": torch.version.cuda}
+    return {"type": device.type, "name": cpu_model(), "torch_threads": torch.get_num_threads()}
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+    import ultralytics
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "ultralytics": ultralytics.__version__,
+        "av": av.__version__,
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, paths and tuples -> JSON-ready values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a text table: median and p95 ms per stage, then the end-to-end numbers."""
+    people = report["people"]
+    how = {"detector": "from the detector", "fixed": f"fixed at {people.get('fixed')}"}.get(
+        people["source"], f"from {people.get('ground_truth')}"
+    )
+    pose = report["pose_model"]
+    src = report["source"]
+    lines = [
+        f"{report['mode']}: {report['frames']} frames after {report['warmup']} warm-up on "
+        f"{report['device']['type']} ({report['device']['name']})",
+        f"pose {pose['arch']} {pose['input_size'][0]}x{pose['input_size'][1]}, "
+        f"source {Path(src['path']).name} {src['width']}x{src['height']}, people {how}",
+        f"{'stage':<10}{'median ms':>11}{'p95 ms':>10}",
+    ]
+    for stage, s in report["stages"].items():
+        lines.append(f"{stage:<10}{s['median_ms']:>11.2f}{s['p95_ms']:>10.2f}")
+    loop, lat = report["loop_ms"], report["latency_ms"]
+    lines += [
+        f"{'loop':<10}{loop['median_ms']:>11.2f}{loop['p95_ms']:>10.2f}",
+        f"end-to-end {report['fps']:.2f} fps ({report['frames']} frames in "
+        f"{report['total_s']:.2f} s); latency p50 {lat['median_ms']:.1f} ms, "
+        f"p95 {lat['p95_ms']:.1f} ms; {people['per_frame']:.2f} people/frame "
+        f"({people['poses_per_frame']:.2f} poses out)",
+    ]
+    ref = report.get("reference")
+    if ref:
+        lines.append(f"{'reference':<12}{'median ms':>11}{'p95 ms':>10}")
+        for stage, v in ref["stages"].items():
+            lines.append(f"{stage:<12}{v['median_ms']:>11.2f}{v['p95_ms']:>10.2f}")
+        lines += [
+            f"reference {ref['weights']}{' (random weights)' if ref['random_weights'] else ''}: "
+            f"{ref['fps']:.2f} fps; latency p50 {ref['latency_ms']['median_ms']:.1f} ms, "
+            f"p95 {ref['latency_ms']['p95_ms']:.1f} ms; "
+            f"{ref['people_per_frame']:.2f} people/frame",
+            f"ours / reference fps: {report['fps_ratio']:.2f}",
+        ]
+    return "\n".join(lines)
+
+
+def plot_stages(report: dict[str, Any], path: Path) -> None:
+    """Bar chart of the median ms per stage (p95 as a whisker), reference stages beside ours."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    labels = list(report["stages"])
+    medians = [report["stages"][s]["median_ms"] for s in labels]
+    p95 = [report["stages"][s]["p95_ms"] for s in labels]
+    colors = ["tab:blue"] * len(labels)
+    ref = report.get("reference")
+    if ref:
+        for k, v in ref["stages"].items():
+            labels.append(f"ref {k}")
+            medians.append(v["median_ms"])
+            p95.append(v["p95_ms"])
+            colors.append("tab:orange")
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(labels) + 1.5))
+    y = np.arange(len(labels))
+    whisker = np.maximum(np.asarray(p95) - np.asarray(medians), 0.0)
+    ax.barh(y, medians, xerr=[np.zeros_like(whisker), whisker], color=colors, capsize=3)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per frame (median; whisker to p95)")
+    title = (
+        f"{report['mode']} on {report['device']['name']}: {report['fps']:.2f} fps, "
+        f"latency p50 {report['latency_ms']['median_ms']:.1f} ms"
+    )
+    if ref:
+        title += f"\nreference {Path(ref['weights']).name}: {ref['fps']:.2f} fps"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,212 @@
+"""The FPS benchmark: time every stage and the whole loop, and the ultralytics YOLO-pose reference.
+
+    python app.py bench --source clip.mp4 --frames 200 --warmup 20 --mode throughput --reference
+
+Warm-up frames run first and are not timed; a clip shorter than warm-up + timed frames is played
+again from its start (frame numbers and pts keep counting, so tracking sees a jump, not a rewind).
+Two modes:
+
+- `throughput`: a file processed as `app.py video` does it. A reader thread decodes ahead, the
+  pipeline runs on the calling thread, render + encode run on a worker thread (overlapping the
+  next frame's device work). Stage times: `decode` is how long the loop waited for a decoded
+  frame (decoding itself runs ahead); detect .. fuse are wall times on the calling thread (on
+  CUDA without `sync_timing` a stage may finish later than its timer says; their sum ends at the
+  frame's one device->host copy, so it is exact); render / encode are measured on the worker.
+  FPS counts from the first timed frame to the last one encoded (encoder flush included).
+- `latency`: one frame at a time, as from a camera: decode, pipeline with `sync_timing=True`,
+  render, encode, then the next frame; nothing overlaps, so each stage time is its own cost.
+
+Latency is always "decoded frame -> poses on the host" (detect + crop + pose + refine + fuse).
+
+People per frame drive the pose-stage cost. A random-weight detector finds a meaningless number
+of boxes, so two options fix it (the detector still runs and is timed; its boxes are replaced):
+`fixed_people=N` takes the detector's top N boxes, or N boxes tiled over the frame when it finds
+fewer; `people_from_gt=FILE` takes the boxes of a `train.synthetic` video's ground-truth JSON.
+
+The run is here; what it feeds the pipeline is `realtime.bench.frames`, the YOLO-pose reference
+`realtime.bench.reference`, and `OUT/bench.json` / `OUT/bench.png` are `realtime.bench.report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from realtime.assemble import PipelineSpec, build_pipeline, resolve_device
+from realtime.bench.config import BenchConfig
+from realtime.bench.frames import ClipLoop, PeopleOverride, load_ground_truth_boxes
+from realtime.bench.reference import YoloPoseReference, check_reference_weights
+from realtime.bench.report import (
+    FrameRecord,
+    build_report,
+    format_table,
+    plot_stages,
+    reference_report,
+)
+from realtime.pipeline import FrameResult, PosePipeline
+from realtime.render import render_frame
+from realtime.sinks import JsonlWriter, Mp4Writer
+from realtime.sources import Frame
+from realtime.videos import OutputWorker
+
+logger = logging.getLogger(__name__)
+
+LATENCY_STAGES = ("detect", "crop", "pose", "refine", "fuse")  # decoded frame -> poses
+
+
+Runner = Callable[[Iterator[Frame]], Iterator[FrameResult]]
+
+
+def _throughput(run: Runner, frames: ClipLoop, config: BenchConfig, tmp: Path):
+    """Batch processing with render + encode on a worker thread; returns records and seconds.
+
+    `run` turns frames into results (the pipeline's `stream`, or the reference's). A micro-batch
+    of B frames shares its stage times: each frame is charged 1/B of them."""
+    records: list[FrameRecord] = []
+
+    def feed(count: int, keep: bool) -> None:
+        worker = OutputWorker(video, jsonl, render_frame)
+        pending: list[FrameResult] = []
+        try:
+            last = time.perf_counter()
+            for result in run(islice(frames, count)):
+                worker.put(result)
+                pending.append(result)
+                if len(pending) < result.batch:
+                    continue
+                now = time.perf_counter()
+                if keep:
+                    loop_ms = (now - last) * 1000 / len(pending)
+                    records.extend(_record(r, loop_ms) for r in pending)
+                pending, last = [], now
+        finally:
+            worker.close()
+
+    with (
+        Mp4Writer(tmp / "bench.mp4", frames.info.fps) as video,
+        JsonlWriter(tmp / "bench.jsonl") as jsonl,
+    ):
+        if config.warmup:
+            feed(config.warmup, keep=False)
+        logger.info("timing %d frames (throughput)", config.frames)
+        start = time.perf_counter()
+        feed(config.frames, keep=True)
+    return records, time.perf_counter() - start
+
+
+def _latency(run: Runner, frames: ClipLoop, config: BenchConfig, tmp: Path):
+    """One frame at a time: decode, poses, render, encode, then the next frame."""
+    records: list[FrameRecord] = []
+    with (
+        Mp4Writer(tmp / "bench.mp4", frames.info.fps) as video,
+        JsonlWriter(tmp / "bench.jsonl") as jsonl,
+    ):
+        fps = None
+        start = time.perf_counter()
+        for i in range(config.warmup + config.frames):
+            if i == config.warmup:
+                logger.info("timing %d frames (latency)", config.frames)
+                start = time.perf_counter()
+            t0 = time.perf_counter()
+            frame = next(frames)
+            t1 = time.perf_counter()
+            (result,) = run(iter([frame]))
+            t2 = time.perf_counter()
+            image = render_frame(frame.image, result.poses, fps, result.latency_ms)
+            t3 = time.perf_counter()
+            video.write(image, frame.pts)
+            jsonl.write(result.poses)
+            t4 = time.perf_counter()
+            fps = 1.0 / max(t4 - t0, 1e-9)
+            result.timings = {
+                **result.timings, "decode": (t1 - t0) * 1000,
+                "render": (t3 - t2) * 1000, "encode": (t4 - t3) * 1000,
+            }  # fmt: skip
+            if i >= config.warmup:
+                records.append(_record(result, (t4 - t0) * 1000))
+    return records, time.perf_counter() - start
+
+
+def _record(result: FrameResult, loop_ms: float) -> FrameRecord:
+    # The worker adds render/encode (per frame) to this same dict later; keep the dict. The other
+    # stages ran once for the frame's micro-batch.
+    return FrameRecord(result.timings, result.batch, result.latency_ms, loop_ms, result.people,
+                   len(result.poses))  # fmt: skip
+
+
+def run_benchmark(
+    options: PipelineSpec,
+    config: BenchConfig,
+    pipeline: PosePipeline | None = None,
+    table: TextIO | None = None,
+) -> dict[str, Any]:
+    """Time the pipeline built from `options` (or the given one) on `config.source`.
+
+    Writes `config.out/bench.json` and `config.out/bench.png`, writes the table to `table`
+    (stdout by default) and returns the report (the JSON's content).
+    """
+    device = torch.device(resolve_device(options.device))
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None  # a shared machine shows here
+    latency_mode = config.mode == "latency"
+    frames = ClipLoop(config.source, threaded=not latency_mode)
+    ground_truth = None
+    if config.people_from_gt is not None:
+        ground_truth = load_ground_truth_boxes(
+            config.people_from_gt, frames.info.width, frames.info.height
+        )
+        if frames.info.frame_count and len(ground_truth) < frames.info.frame_count:
+            raise ValueError(
+                f"{config.people_from_gt} has {len(ground_truth)} frames, "
+                f"{config.source} has {frames.info.frame_count}"
+            )
+    if config.reference:
+        check_reference_weights(config.reference_weights)  # before minutes of timing, not after
+    config.out.mkdir(parents=True, exist_ok=True)
+    base = pipeline or build_pipeline(options)
+    people = PeopleOverride(config.fixed_people, ground_truth)
+    stage_config = dataclasses.replace(
+        base.config, sync_timing=latency_mode or base.config.sync_timing
+    )
+    bench = PosePipeline(base.detector, base.estimator, base.temporal, stage_config)
+    bench.reset()
+    run = _latency if latency_mode else _throughput
+    try:
+        with tempfile.TemporaryDirectory(prefix="ccm-bench-") as tmp:
+            runner = functools.partial(bench.stream, people=people)
+            records, seconds = run(runner, frames, config, Path(tmp))
+    finally:
+        frames.close()
+    report = build_report(options, config, base, device, frames, records, seconds, people)
+    report["cpu"]["load_average_at_start"] = list(load) if load else None
+    # What actually ran, where the options left it to the pipeline or to the mode.
+    report["config"]["pipeline"]["detection"]["weights"] = report["pose_model"]["detector"]
+    report["config"]["pipeline"]["detection"]["imgsz"] = base.detector.config.imgsz
+    report["config"]["pipeline"]["pipeline"]["sync_timing"] = stage_config.sync_timing
+    if config.reference:
+        logger.info("timing the reference %s", config.reference_weights)
+        reference = YoloPoseReference(config.reference_weights, device, base.detector.config)
+        ref_frames = ClipLoop(config.source, threaded=not latency_mode)
+        try:
+            with tempfile.TemporaryDirectory(prefix="ccm-bench-ref-") as tmp:
+                ref_records, ref_seconds = run(reference.stream, ref_frames, config, Path(tmp))
+        finally:
+            ref_frames.close()
+        report["reference"] = reference_report(reference, ref_records, ref_seconds)
+        report["fps_ratio"] = report["fps"] / report["reference"]["fps"]
+    (config.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_stages(report, config.out / "bench.png")
+    (table or sys.stdout).write(format_table(report) + "\n")
+    logger.info("wrote %s and %s", config.out / "bench.json", config.out / "bench.png")
+    return report
