@@ -63,8 +63,6 @@ from realtime.videos import OutputWorker
 
 logger = logging.getLogger(__name__)
 
-LATENCY_STAGES = ("detect", "crop", "pose", "refine", "fuse")  # decoded frame -> poses
-
 
 Runner = Callable[[Iterator[Frame]], Iterator[FrameResult]]
 

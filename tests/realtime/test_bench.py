@@ -25,7 +25,7 @@ from ccm.checkpoint import PoseConfig, save_checkpoint  # noqa: E402
 from realtime.assemble import PipelineSpec, build_pipeline  # noqa: E402
 from realtime.bench.config import BenchConfig  # noqa: E402
 from realtime.bench.frames import PeopleOverride, load_ground_truth_boxes, tiled_boxes  # noqa: E402
-from realtime.bench.run import LATENCY_STAGES, run_benchmark  # noqa: E402
+from realtime.bench.run import run_benchmark  # noqa: E402
 from realtime.detector import Detections, DetectorConfig  # noqa: E402
 from realtime.pipeline import STAGES, PipelineConfig  # noqa: E402
 from realtime.samples import VTEST_SHORT  # noqa: E402
@@ -104,9 +104,16 @@ def test_latency_mode_with_fixed_people_tiles_boxes_and_adds_up(tmp_path, option
     assert people["source"] == "fixed" and people["fixed"] == 5
     assert (people["per_frame"], people["min"], people["max"]) == (5.0, 5, 5)
     assert people["poses_per_frame"] == 5.0
-    # Latency is decoded frame -> poses, the sum of those stages frame by frame; means add up.
-    stage_sum = sum(report["stages"][s]["mean_ms"] for s in LATENCY_STAGES)
-    assert report["latency_ms"]["mean_ms"] == pytest.approx(stage_sum, rel=1e-9)
+    # Latency (the pipeline's own stage timers) covers the whole pipeline call: the loop's wall
+    # clock less the decode, render and encode the benchmark times around that call.
+    stages = report["stages"]
+    call_ms = report["loop_ms"]["mean_ms"] - sum(
+        stages[s]["mean_ms"] for s in ("decode", "render", "encode")
+    )
+    # A stage left untimed (or work outside every stage) shows as a gap; the untimed rest is the
+    # call's own bookkeeping, well under a millisecond.
+    latency = report["latency_ms"]["mean_ms"]
+    assert call_ms - (0.02 * call_ms + 2.0) <= latency <= call_ms + 1e-6
     # Nothing overlaps in latency mode: a frame's loop holds all of its stages.
     all_stages = sum(report["stages"][s]["mean_ms"] for s in STAGES)
     assert report["loop_ms"]["mean_ms"] >= all_stages - 1e-6
