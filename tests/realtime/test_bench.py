@@ -30,7 +30,7 @@ from realtime.detector import Detections, DetectorConfig  # noqa: E402
 from realtime.pipeline import STAGES, PipelineConfig  # noqa: E402
 from realtime.samples import VTEST_SHORT  # noqa: E402
 from realtime.sources import Frame  # noqa: E402
-from train.synthetic import VideoConfig, generate_video  # noqa: E402
+from train.synthetic.videos import VideoConfig, generate_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

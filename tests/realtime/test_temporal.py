@@ -30,8 +30,9 @@ from ccm.nms import oks
 from ccm.poses import FramePoses
 from realtime.kalman import KalmanConfig
 from realtime.temporal import OneEuroConfig, TemporalConfig, TemporalFusion
-from train.figures import project_figure
-from train.synthetic import Split, VideoConfig, image_rng, sample_tracks
+from train.synthetic.figures import project_figure
+from train.synthetic.scenes import Split, image_rng
+from train.synthetic.videos import VideoConfig, sample_tracks
 
 K = 17
 FPS = 25

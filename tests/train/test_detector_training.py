@@ -9,7 +9,7 @@ from train.detector_training import (
     train_detector,
     yolo_labels,
 )
-from train.synthetic import SyntheticConfig, generate_dataset
+from train.synthetic.writers import SyntheticConfig, generate_dataset
 
 
 def tiny_config(seed: int, train: int) -> SyntheticConfig:

@@ -30,7 +30,8 @@ from train.evaluate import (
     suppress_duplicates,
 )
 from train.samples import TopDownDataset
-from train.synthetic import SceneConfig, SyntheticConfig, generate_dataset
+from train.synthetic.scenes import SceneConfig
+from train.synthetic.writers import SyntheticConfig, generate_dataset
 
 CONFIG = PoseConfig("simplebaseline_shufflenetv2")  # only its sizes: (256, 192) -> (64, 48)
 PERM = flip_permutation(17)

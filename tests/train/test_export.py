@@ -8,7 +8,8 @@ import torch
 from ccm.checkpoint import PoseConfig, read_checkpoint, save_checkpoint
 from train.evaluate import METRICS, EvalConfig, evaluate_model
 from train.export import main
-from train.synthetic import SceneConfig, SyntheticConfig, generate_dataset
+from train.synthetic.scenes import SceneConfig
+from train.synthetic.writers import SyntheticConfig, generate_dataset
 
 SIZE = (64, 64)
 

@@ -34,7 +34,8 @@ from train.state import (
     default_lr_steps,
     parse_schedule,
 )
-from train.synthetic import SceneConfig, SyntheticConfig, generate_dataset
+from train.synthetic.scenes import SceneConfig
+from train.synthetic.writers import SyntheticConfig, generate_dataset
 
 ARCH = "ccm_mobilenetv2"
 SIZE = (64, 64)  # smallest crop the encoders take; heatmaps 16 x 16

@@ -14,7 +14,8 @@ from train import mine_negatives, pseudo_label
 from train.annotations import image_index, load_negatives, load_pseudo_labels
 from train.mine_negatives import gt_boxes_from_coco, mine_hard_negatives
 from train.pseudo_label import pick_threshold
-from train.synthetic import SceneConfig, SyntheticConfig, generate_dataset
+from train.synthetic.scenes import SceneConfig
+from train.synthetic.writers import SyntheticConfig, generate_dataset
 
 # Ground-truth person boxes [x, y, w, h]: image 1 has one person spanning x 10..30, y 10..50;
 # image 2 has nobody.

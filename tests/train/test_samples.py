@@ -23,7 +23,8 @@ from train.annotations import (
 from train.augment import AugmentConfig
 from train.mine_negatives import gt_boxes_from_coco, load_detection_records, mine_hard_negatives
 from train.samples import TopDownDataset, build_stage_dataset
-from train.synthetic import SceneConfig, SyntheticConfig, generate_dataset
+from train.synthetic.scenes import SceneConfig
+from train.synthetic.writers import SyntheticConfig, generate_dataset
 
 CONFIG = PoseConfig(arch="ccm_resnet50")  # input (256, 192), heatmaps (64, 48), unbiased, sigma 2
 H, W = CONFIG.input_size

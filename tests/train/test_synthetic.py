@@ -14,7 +14,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ccm.skeleton import AIC_TO_COCO, AIC_TO_COCO_VISIBILITY, COCO_KEYPOINTS, COCO_LIMBS
-from train.figures import (
+from train.synthetic.__main__ import main
+from train.synthetic.figures import (
     HEAD_TOP,
     L_THIGH,
     L_UPPER_ARM,
@@ -28,24 +29,18 @@ from train.figures import (
     Proportions,
     body_points,
     project_figure,
-    sample_appearance,
-    sample_pose,
 )
-from train.synthetic import (
-    MOTIONS,
+from train.synthetic.sampling import sample_appearance, sample_pose
+from train.synthetic.scenes import (
     SceneConfig,
     Split,
-    SyntheticConfig,
-    VideoConfig,
     annotated,
-    generate_dataset,
-    generate_video,
     image_rng,
-    main,
     render_image,
     render_scene,
-    sample_tracks,
 )
+from train.synthetic.videos import MOTIONS, VideoConfig, generate_video, sample_tracks
+from train.synthetic.writers import SyntheticConfig, generate_dataset
 
 SEED = 7
 VIDEO = VideoConfig(width=192, height=144, fps=12, seconds=2.0, num_people=3)
