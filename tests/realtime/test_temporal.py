@@ -29,7 +29,8 @@ from ccm.geometry import boxes_from_keypoints
 from ccm.nms import oks
 from ccm.poses import FramePoses
 from realtime.kalman import KalmanConfig
-from realtime.temporal import OneEuroConfig, TemporalConfig, TemporalFusion
+from realtime.smoothing import OneEuroConfig
+from realtime.temporal import TemporalConfig, TemporalFusion
 from train.synthetic.figures import project_figure
 from train.synthetic.scenes import Split, image_rng
 from train.synthetic.videos import VideoConfig, sample_tracks
@@ -551,9 +552,9 @@ def test_cuda_matches_cpu_without_host_sync(method: str) -> None:
 
 
 def test_fused_joints_stay_within_one_box_size_of_the_persons_box():
-    from realtime.temporal import _within_reach
+    from realtime.smoothing import within_reach
 
     boxes = torch.tensor([[100.0, 50.0, 140.0, 130.0]])  # 40 x 80
     xy = torch.tensor([[[120.0, 90.0], [300.0, -200.0], [20.0, 500.0]]])
-    out = _within_reach(xy, boxes)
+    out = within_reach(xy, boxes)
     torch.testing.assert_close(out, torch.tensor([[[120.0, 90.0], [180.0, -30.0], [60.0, 210.0]]]))
