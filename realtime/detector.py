@@ -10,7 +10,6 @@ a randomly initialised network); nothing is downloaded.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import platform
@@ -179,16 +178,6 @@ class PersonDetector:
                 network.to(memory_format=torch.channels_last)
             self._network = network
         return self._network
-
-    def with_thresholds(
-        self, conf: float | None = None, iou: float | None = None, max_det: int | None = None
-    ) -> PersonDetector:
-        """A detector with other thresholds that shares this one's loaded network (no reload)."""
-        changes = {"conf": conf, "iou": iou, "max_det": max_det}
-        changes = {k: v for k, v in changes.items() if v is not None}
-        other = copy.copy(self)
-        other.config = dataclasses.replace(self.config, **changes)  # validates the new values
-        return other
 
     def __call__(self, frame: np.ndarray) -> Detections:
         """Detect people in one (H, W, 3) uint8 RGB frame; `Detections` on `self.device`."""

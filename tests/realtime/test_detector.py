@@ -3,6 +3,8 @@ and boxes from keypoints."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 import re
@@ -88,6 +90,13 @@ def detector(network_attempts: list[str]) -> PersonDetector:
     return det
 
 
+def with_thresholds(detector: PersonDetector, **changes) -> PersonDetector:
+    """The fixture's detector, its re-initialised network shared, with other thresholds."""
+    other = copy.copy(detector)
+    other.config = dataclasses.replace(detector.config, **changes)
+    return other
+
+
 @pytest.fixture(scope="module")
 def full(detector: PersonDetector, bus_rgb: np.ndarray):
     return detector(bus_rgb)
@@ -162,13 +171,13 @@ def test_detector_respects_confidence_threshold_and_max_det(
     detector: PersonDetector, full, bus_rgb: np.ndarray
 ) -> None:
     thr = float(full.scores.median())
-    strict = detector.with_thresholds(conf=thr)(bus_rgb)
+    strict = with_thresholds(detector, conf=thr)(bus_rgb)
     keep = full.scores > thr
     assert 0 < len(strict.scores) < len(full.scores)
     assert bool((strict.scores > thr).all())
     assert torch.equal(strict.boxes, full.boxes[keep])
 
-    top = detector.with_thresholds(max_det=7)(bus_rgb)
+    top = with_thresholds(detector, max_det=7)(bus_rgb)
     assert torch.equal(top.boxes, full.boxes[:7])
     assert torch.equal(top.scores, full.scores[:7])
     assert detector.config.max_det == 3000 and detector.config.conf == 0.0  # original unchanged
@@ -217,7 +226,7 @@ def test_bad_config_and_frames_are_refused(detector: PersonDetector, bus_rgb: np
     with pytest.raises(ValueError, match=r"conf must be in \[0, 1\]"):
         DetectorConfig(conf=1.5)
     with pytest.raises(ValueError, match="max_det must be at least 1"):
-        detector.with_thresholds(max_det=0)
+        DetectorConfig(max_det=0)
     with pytest.raises(ValueError, match=r"frame 0 must be an \(H, W, 3\) uint8 RGB array"):
         detector(bus_rgb.astype(np.float32))
     with pytest.raises(ValueError, match=r"frame 1 must be an \(H, W, 3\) uint8 RGB array"):
