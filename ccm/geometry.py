@@ -91,11 +91,6 @@ def boxes_from_keypoints(
     return boxes
 
 
-def center_scale_to_box(center: Tensor, scale: Tensor) -> Tensor:
-    """Centre (N, 2) and region size (N, 2) -> boxes (N, 4) x1, y1, x2, y2 in image pixels."""
-    return torch.cat((center - scale / 2, center + scale / 2), dim=-1)
-
-
 def grid_to_image_matrix(
     center: Tensor, scale: Tensor, size: tuple[int, int], rotation: Tensor | None = None
 ) -> Tensor:
@@ -139,16 +134,6 @@ def grid_to_image(points: Tensor, center: Tensor, scale: Tensor, size: tuple[int
     h, w = size
     axes = [
         center[:, None, i] + (points[..., i] + 0.5 - n / 2) * (scale[:, None, i] / n)
-        for i, n in enumerate((w, h))
-    ]
-    return torch.stack(axes, dim=-1)
-
-
-def image_to_grid(points: Tensor, center: Tensor, scale: Tensor, size: tuple[int, int]) -> Tensor:
-    """Image pixels (N, K, 2) -> points in a crop or heatmap grid of `size` (H, W) (N, K, 2)."""
-    h, w = size
-    axes = [
-        (points[..., i] - center[:, None, i]) * (n / scale[:, None, i]) + n / 2 - 0.5
         for i, n in enumerate((w, h))
     ]
     return torch.stack(axes, dim=-1)

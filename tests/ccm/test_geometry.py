@@ -8,12 +8,10 @@ from ccm.geometry import (
     apply_affine,
     box_to_center_scale,
     boxes_from_keypoints,
-    center_scale_to_box,
     crop_to_heatmap,
     grid_to_image,
     grid_to_image_matrix,
     heatmap_to_crop,
-    image_to_grid,
     invert_affine,
     to_pixel_center_heatmap,
     warp_crops,
@@ -38,8 +36,9 @@ def test_box_to_center_scale_fixes_aspect_and_pads():
     torch.testing.assert_close(center, torch.tensor([[60.0, 220.0], [150.0, 50.0]]))
     # Tall box: width grows to 0.75 * 400; wide box: height grows to 300 / 0.75.
     torch.testing.assert_close(scale, torch.tensor([[375.0, 500.0], [375.0, 500.0]]))
+    half_height = scale[:, 1] / 1.25 / 2  # unpadded: the tall box's height, the wide one grown
     torch.testing.assert_close(
-        center_scale_to_box(center, scale / 1.25)[:, [1, 3]],
+        torch.stack((center[:, 1] - half_height, center[:, 1] + half_height), -1),
         torch.tensor([[20.0, 420.0], [-150.0, 250.0]]),
     )
 
@@ -55,7 +54,7 @@ def test_degenerate_boxes_get_a_finite_region():
 def test_heatmap_image_round_trip():
     center, scale, _, points = regions()
     image = grid_to_image(points, center, scale, HEATMAP)
-    back = image_to_grid(image, center, scale, HEATMAP)
+    back = apply_affine(invert_affine(grid_to_image_matrix(center, scale, HEATMAP)), image)
     assert (back - points).abs().max() < 1e-9
     assert (
         grid_to_image(points.float(), center.float(), scale.float(), HEATMAP).double() - image
@@ -112,7 +111,7 @@ def test_warp_crops_puts_an_image_point_where_the_geometry_says():
     crops = warp_crops(
         blob_image(300.3, 210.7), torch.tensor([0]), center.float(), scale.float(), CROP
     )
-    expected = image_to_grid(point, center, scale, CROP)[0, 0]
+    expected = apply_affine(invert_affine(grid_to_image_matrix(center, scale, CROP)), point)[0, 0]
     assert (centroid(crops[0, 0]) - expected).abs().max() < 0.02
     mirrored = warp_crops(
         blob_image(300.3, 210.7), torch.tensor([0]), center.float(), scale.float(), CROP, flip=True

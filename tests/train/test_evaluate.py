@@ -14,7 +14,13 @@ from torch import Tensor, nn
 
 from ccm.checkpoint import PoseConfig, save_checkpoint
 from ccm.codec import encode_heatmaps, encode_targets
-from ccm.geometry import crop_to_heatmap, grid_to_image, image_to_grid
+from ccm.geometry import (
+    apply_affine,
+    crop_to_heatmap,
+    grid_to_image,
+    grid_to_image_matrix,
+    invert_affine,
+)
 from ccm.nms import nms_similarity
 from ccm.skeleton import flip_permutation
 from train import ablate, evaluate
@@ -176,8 +182,10 @@ def detection_oracle(synthetic) -> tuple[Oracle, list]:
             heatmaps.append(torch.zeros(17, *CONFIG.heatmap_size))
             continue
         kpts = torch.from_numpy(best.keypoints).float()[None]
-        xy = image_to_grid(kpts[..., :2], sample["center"][None], sample["scale"][None],
-                           CONFIG.heatmap_size)  # fmt: skip
+        to_grid = invert_affine(
+            grid_to_image_matrix(sample["center"][None], sample["scale"][None], CONFIG.heatmap_size)
+        )
+        xy = apply_affine(to_grid, kpts[..., :2])
         heatmaps.append(
             encode_targets(torch.cat((xy, kpts[..., 2:]), -1), CONFIG.heatmap_size)[0][0]
         )
