@@ -24,10 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from realtime.frames import Frame
 from realtime.inputs import InputFile
 from realtime.pipeline import PosePipeline
 from realtime.sinks import CocoResultsWriter, ImagePosesWriter, write_image, write_json
-from realtime.sources import Frame, read_image
+from realtime.sources import read_image
 from realtime.videos import Renderer, describe_error
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from ccm.poses import FramePoses
 from ccm.skeleton import COCO_SIGMAS
 from realtime.detector import Detections
 from realtime.engine import PoseEstimator
-from realtime.sources import Frame
+from realtime.frames import Frame
 
 STAGES = ("decode", "detect", "crop", "pose", "refine", "fuse", "render", "encode")
 NMS_METHODS = ("softnms", "oks", "none")

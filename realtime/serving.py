@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 from ccm.checkpoint import load_checkpoint
 from realtime.engine import EngineConfig, PoseEstimator
+from realtime.frames import Frame
 from realtime.pipeline import FrameResult, PipelineConfig, PosePipeline, StreamState
-from realtime.sources import Frame
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from ccm.poses import PIXEL_DECIMALS, SCORE_DECIMALS, FramePoses
-from realtime.sources import AudioTrack
+from realtime.frames import AudioTrack
 
 log = logging.getLogger(__name__)
 

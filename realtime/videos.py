@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from ccm.poses import FramePoses
+from realtime.frames import Frame
 from realtime.pipeline import FrameResult, PosePipeline
 from realtime.sinks import JsonlWriter, Mp4Writer
-from realtime.sources import Frame, open_source
+from realtime.sources import open_source
 
 logger = logging.getLogger(__name__)
 

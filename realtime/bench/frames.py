@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from realtime.detector import Detections
-from realtime.sources import Frame, open_source
+from realtime.frames import Frame
+from realtime.sources import open_source
 
 
 def tiled_boxes(count: int, height: int, width: int) -> Tensor:

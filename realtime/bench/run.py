@@ -55,10 +55,10 @@ from realtime.bench.report import (
     plot_stages,
     reference_report,
 )
+from realtime.frames import Frame
 from realtime.pipeline import FrameResult, PosePipeline
 from realtime.render import render_frame
 from realtime.sinks import JsonlWriter, Mp4Writer
-from realtime.sources import Frame
 from realtime.videos import OutputWorker
 
 logger = logging.getLogger(__name__)

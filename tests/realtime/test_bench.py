@@ -27,9 +27,9 @@ from realtime.bench.config import BenchConfig  # noqa: E402
 from realtime.bench.frames import PeopleOverride, load_ground_truth_boxes, tiled_boxes  # noqa: E402
 from realtime.bench.run import run_benchmark  # noqa: E402
 from realtime.detector import Detections, DetectorConfig  # noqa: E402
+from realtime.frames import Frame  # noqa: E402
 from realtime.pipeline import STAGES, PipelineConfig  # noqa: E402
 from realtime.samples import VTEST_SHORT  # noqa: E402
-from realtime.sources import Frame  # noqa: E402
 from train.synthetic.videos import VideoConfig, generate_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ from toys import DotFinder, SpreadFinder, blob_frame
 from ccm.checkpoint import PoseConfig
 from ccm.geometry import boxes_from_keypoints
 from realtime.engine import EngineConfig, PoseEstimator
+from realtime.frames import Frame
 from realtime.pipeline import PipelineConfig, PosePipeline
-from realtime.sources import Frame
 from realtime.temporal import TemporalConfig, TemporalFusion
 
 POSE = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))

@@ -11,16 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
+from realtime.frames import FrameSource, IncompleteVideoError
 from realtime.samples import VTEST_SHORT
-from realtime.sources import (
-    CameraSource,
-    FrameSource,
-    ImageFolderSource,
-    IncompleteVideoError,
-    VideoSource,
-    open_source,
-    read_image,
-)
+from realtime.sources import CameraSource, ImageFolderSource, VideoSource, open_source, read_image
 
 CLIP_FRAMES = 50
 

@@ -24,9 +24,9 @@ from PIL import Image
 from ui_server import free_port, tiny_options
 
 from realtime.assemble import PipelineSpec, build_pipeline
+from realtime.frames import Frame
 from realtime.pipeline import StreamState
 from realtime.serving import EngineCache, ServerBusy
-from realtime.sources import Frame
 from realtime.ui import (
     DEFAULT_PORT,
     TAB_TITLES,
