@@ -5,6 +5,8 @@ names exists, load the sources, build the model, then per stage a fresh Adam + M
 its epochs (train, validate now and then, write `last.safetensors`, `best.safetensors`, the
 training state and a row of `metrics.csv`). A later stage starts from the previous stage's
 weights. Under `torchrun` it trains with DistributedDataParallel; only rank 0 writes files.
+The loss is `train.loss`, the data `train.training_data`, the process group `train.ddp`, the
+config and the state files `train.state`.
 
 Exact resume: the data order of an epoch comes from DistributedSampler seeded by (seed, epoch),
 the augmentation of a sample from (seed, epoch, index) in `TopDownDataset`, and the state file
@@ -18,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,21 +28,14 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ccm.checkpoint import PoseConfig, check_state_dict, read_checkpoint, save_checkpoint
 from ccm.model import build_model
-from train.annotations import (
-    Instance,
-    image_index,
-    load_aic,
-    load_coco,
-    load_negatives,
-    load_pseudo_labels,
-)
-from train.mine_negatives import gt_boxes_from_coco, load_detection_records, mine_hard_negatives
-from train.samples import TopDownDataset, build_stage_dataset
+from train.ddp import Distributed, setup_distributed
+from train.loss import pose_loss
+from train.samples import build_stage_dataset
 from train.state import (
     METRICS_FILE,
     STATE_FILE,
@@ -58,196 +51,12 @@ from train.state import (
     save_training_state,
     trim_metrics,
 )
+from train.training_data import check_data, load_sources, make_loader
 
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.safetensors"
 BEST_CHECKPOINT = "best.safetensors"
-
-
-# ----------------------------------------------------------------------------- loss
-
-
-def heatmap_mse(pred: Tensor, target: Tensor, weights: Tensor) -> Tensor:
-    """Eq. (5) with per-joint target weights, as SimpleBaseline's JointsMSELoss computes it:
-    the mean over joints of 0.5 * MSE(pred * w, target * w).
-
-    pred, target (N, K, h, w) heatmaps; weights (N, K), 0 for unlabelled joints. Every joint
-    has h * w * N elements, so the mean of per-joint means is the mean over all elements.
-    Computed in float32 whatever the dtype of `pred` (AMP).
-    """
-    if pred.shape != target.shape or weights.shape != pred.shape[:2]:
-        raise ValueError(
-            f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and weights "
-            f"{tuple(weights.shape)} do not fit (N, K, h, w), (N, K, h, w), (N, K)"
-        )
-    w = weights.float()[:, :, None, None]
-    return 0.5 * ((pred.float() - target.float()) * w).square().mean()
-
-
-def pose_loss(
-    main: Tensor, aux: Tensor | None, target: Tensor, weights: Tensor, aux_weight: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Eq. (6): L = L_main + lambda * L_aux, both Eq. (5) against the same target.
-
-    main, aux (N, K, h, w) (aux None for models without an auxiliary decoder); returns
-    (L, L_main, L_aux) as float32 scalars.
-    """
-    loss_main = heatmap_mse(main, target, weights)
-    loss_aux = heatmap_mse(aux, target, weights) if aux is not None else torch.zeros_like(loss_main)
-    return loss_main + aux_weight * loss_aux, loss_main, loss_aux
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | None = None) -> tuple[Distributed, bool]:
-    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK and join the process group (NCCL on CUDA,
-    gloo on CPU). Returns the process's place and whether this call created the group."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    created = False
-    if world_size > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        created = True
-    return Distributed(rank, world_size, dev), created
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _source_files(letter: str, data) -> list[tuple[str, str | None, str]]:
-    """(what, path, flag) of every file or folder source `letter` reads."""
-    coco = [
-        ("COCO keypoint annotations", data.coco_ann, "--coco-ann"),
-        ("COCO image folder", data.coco_images, "--coco-images"),
-    ]
-    if letter == "C":
-        return coco
-    if letter == "A":
-        return [
-            ("AIC keypoint annotations", data.aic_ann, "--aic-ann"),
-            ("AIC image folder", data.aic_images, "--aic-images"),
-        ]
-    if letter == "H":
-        if data.negatives is not None:
-            return [("hard-negative detections", data.negatives, "--negatives"), *coco]
-        return [
-            (
-                "person detections to mine hard negatives from",
-                data.detections,
-                "--negatives or --detections",
-            ),
-            *coco,
-        ]
-    if letter == "U":
-        return [
-            ("pseudo-label annotations", data.pseudo_labels, "--pseudo-labels"),
-            ("unlabeled image folder", data.pseudo_images, "--pseudo-images"),
-        ]
-    raise ValueError(f"unknown source letter {letter!r}")
-
-
-def check_data(config: TrainConfig) -> None:
-    """FileNotFoundError naming the first missing file any stage (or validation) needs."""
-    needs = [
-        (f"stage {i + 1} ({stage.letters}) needs {letter}", _source_files(letter, config.data))
-        for i, stage in enumerate(config.stages)
-        for letter in stage.letters
-    ]
-    if config.val_every:
-        d = config.data
-        needs.append(
-            (
-                "validation",
-                [
-                    ("COCO validation annotations", d.val_ann, "--val-ann"),
-                    ("COCO validation image folder", d.val_images, "--val-images"),
-                ]
-                + (
-                    [("validation detections", d.val_detections, "--val-detections")]
-                    if d.val_detections
-                    else []
-                ),
-            )
-        )
-    for purpose, files in needs:
-        for what, path, flag in files:
-            if path is None:
-                raise FileNotFoundError(f"{purpose}: no {what} given ({flag}, or --data DIR)")
-            if not Path(path).exists():
-                raise FileNotFoundError(f"{purpose}: {what} not found: {path} ({flag})")
-
-
-def _mined_negatives(data) -> list[Instance]:
-    """HNDM (Sec. 4.1) on the fly: detections >= 0.5 touching no annotated person."""
-    detections = load_detection_records(data.detections)
-    records = mine_hard_negatives(detections, gt_boxes_from_coco(data.coco_ann))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "hard_negatives.json"
-        path.write_text(json.dumps(records))
-        return load_negatives(path, image_index(data.coco_ann, data.coco_images))
-
-
-def load_sources(config: TrainConfig) -> dict[str, list[Instance]]:
-    """The instances of every source letter the schedule names."""
-    letters = set("".join(s.letters for s in config.stages))
-    d = config.data
-    sources: dict[str, list[Instance]] = {}
-    if "A" in letters:
-        sources["A"] = load_aic(d.aic_ann, d.aic_images)
-    if "C" in letters:
-        sources["C"] = load_coco(d.coco_ann, d.coco_images)
-    if "H" in letters:
-        sources["H"] = (
-            load_negatives(d.negatives, image_index(d.coco_ann, d.coco_images))
-            if d.negatives is not None
-            else _mined_negatives(d)
-        )
-    if "U" in letters:
-        sources["U"] = load_pseudo_labels(d.pseudo_labels, d.pseudo_images)
-    return sources
-
-
-def make_loader(
-    dataset: TopDownDataset, config: TrainConfig, dist: Distributed, seed: int
-) -> tuple[DataLoader, DistributedSampler]:
-    """Shuffled batches, this rank's share; the order is a function of (seed, epoch) only."""
-    sampler = DistributedSampler(
-        dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        pin_memory=dist.device.type == "cuda",
-        persistent_workers=config.workers > 0,
-        # A last batch of one sample would break BatchNorm on pooled (1 x 1) features.
-        drop_last=config.batch_size > 1 and len(sampler) % config.batch_size == 1,
-    )
-    return loader, sampler
 
 
 # ----------------------------------------------------------------------------- model

@@ -15,16 +15,8 @@ from ccm.checkpoint import PoseConfig, load_checkpoint, save_checkpoint
 from ccm.model import build_model
 from train.__main__ import main
 from train.annotations import load_coco
-from train.loop import (
-    amp_dtype,
-    build_training_model,
-    check_data,
-    heatmap_mse,
-    pose_loss,
-    resume,
-    train,
-    train_step,
-)
+from train.loop import amp_dtype, build_training_model, resume, train, train_step
+from train.loss import heatmap_mse, pose_loss
 from train.samples import TopDownDataset
 from train.state import (
     STATE_FILE,
@@ -36,6 +28,7 @@ from train.state import (
 )
 from train.synthetic.scenes import SceneConfig
 from train.synthetic.writers import SyntheticConfig, generate_dataset
+from train.training_data import check_data
 
 ARCH = "ccm_mobilenetv2"
 SIZE = (64, 64)  # smallest crop the encoders take; heatmaps 16 x 16
