@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from realtime import distributed
 from realtime.assemble import PipelineSpec
+from realtime.atomic_files import remove_stale_parts
 from realtime.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, process_images
 from realtime.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
 from realtime.render import render_frame
-from realtime.sinks import remove_stale_parts
 from realtime.temporal import TemporalConfig
 from realtime.usage import Interrupted, UsageError, check_out_dir, load_pipeline
 from realtime.videos import describe_error, process_video

@@ -3,10 +3,8 @@ rendered images.
 
 Every writer is a context manager that writes to a hidden temporary file next to its final
 path and renames it into place only when it closes cleanly; if the block raises, the temporary
-file is deleted. A crash therefore never leaves a truncated file under the final name. The
-temporary name (`.clip.mp4.<pid>@<host>.<tag>.part`) records the process that writes it, so
-`remove_stale_parts` can delete what a killed run left behind without touching the files of a
-run still going (another rank of the same job, say).
+file is deleted. A crash therefore never leaves a truncated file under the final name
+(`realtime.atomic_files`).
 
     with Mp4Writer("out/clip.mp4", fps=source.info.fps, audio=source.info.audio) as video, \\
          JsonlWriter("out/clip.jsonl") as poses_out:
@@ -20,10 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import socket
-import uuid
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -33,90 +27,18 @@ import cv2
 import numpy as np
 
 from ccm.poses import PIXEL_DECIMALS, SCORE_DECIMALS, FramePoses
+from realtime.atomic_files import AtomicPath
 from realtime.frames import AudioTrack
 
 log = logging.getLogger(__name__)
 
 _Writer = TypeVar("_Writer", bound="_AtomicTextWriter")
 
-# `.NAME.PID@HOST.TAG.part`, and the `.NAME.TAG.part` of earlier versions (no owner recorded).
-_PART = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)@(?P<host>[^/@]+)\.)?[0-9a-f]{8}\.part$")
-_HOST = socket.gethostname().replace("@", "_").replace("/", "_") or "localhost"
-
-
-class _AtomicPath:
-    """A temporary sibling of `final` that becomes `final` on commit (same folder, same disk)."""
-
-    def __init__(self, final: str | Path) -> None:
-        self.final = Path(final)
-        if not self.final.parent.is_dir():
-            raise FileNotFoundError(f"output folder does not exist: {self.final.parent}")
-        if self.final.is_dir():
-            raise IsADirectoryError(f"output path is a folder: {self.final}")
-        owner = f"{os.getpid()}@{_HOST}"
-        self.temp = self.final.with_name(f".{self.final.name}.{owner}.{uuid.uuid4().hex[:8]}.part")
-
-    def commit(self) -> None:
-        os.replace(self.temp, self.final)
-
-    def retarget(self, final: str | Path) -> Path:
-        """Commit under `final` instead, a name in the same folder."""
-        final = Path(final)
-        if final.parent.resolve() != self.final.parent.resolve():
-            raise ValueError(f"{final}: not in the folder of {self.final}")
-        self.final = final
-        return final
-
-    def discard(self) -> None:
-        self.temp.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def remove_stale_parts(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that killed runs left in `folder` and its subfolders.
-
-    A temporary file is stale when the process that wrote it, on this host, no longer runs
-    (or its name records no owner). Files of live processes and of other hosts sharing the
-    folder are kept. Returns the paths removed.
-    """
-    folder = Path(folder)
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            match = _PART.match(name)
-            if match is None:
-                continue
-            pid, host = match.group("pid"), match.group("host")
-            if pid is not None and (host != _HOST or _process_alive(int(pid))):
-                continue
-            path = Path(root) / name
-            try:
-                path.unlink()
-            except FileNotFoundError:  # another process cleaned it first
-                continue
-            removed.append(path)
-    if removed:
-        log.info("removed %d unfinished file(s) of earlier runs in %s", len(removed), folder)
-    return removed
-
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 RGB image atomically; the format follows the suffix of `path`
     (.png, .jpg/.jpeg, .webp, .bmp, .tif/.tiff)."""
-    file = _AtomicPath(path)
+    file = AtomicPath(path)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"{file.final}: images must be (H, W, 3) uint8 RGB, got {image.shape}")
@@ -163,7 +85,7 @@ class Mp4Writer:
     ) -> None:
         if not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
-        self._file = _AtomicPath(path)
+        self._file = AtomicPath(path)
         self.path = self._file.final
         self.rate = Fraction(fps).limit_denominator(1001)
         self._time_base = 1 / self.rate
@@ -331,10 +253,10 @@ class Mp4Writer:
 
 
 class _AtomicTextWriter:
-    """A text file written through `_AtomicPath`; the base of the JSON writers."""
+    """A text file written through `AtomicPath`; the base of the JSON writers."""
 
     def __init__(self, path: str | Path) -> None:
-        self._file = _AtomicPath(path)
+        self._file = AtomicPath(path)
         self.path = self._file.final
         self._fh: TextIO | None = open(self._file.temp, "x", encoding="utf-8")  # noqa: SIM115
 
@@ -384,7 +306,7 @@ class JsonlWriter(_AtomicTextWriter):
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Write `data` as one JSON document, atomically."""
-    file = _AtomicPath(path)
+    file = AtomicPath(path)
     try:
         with open(file.temp, "x", encoding="utf-8") as fh:
             json.dump(data, fh, separators=(",", ":"), allow_nan=False)

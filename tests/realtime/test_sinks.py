@@ -19,12 +19,12 @@ from pycocotools.cocoeval import COCOeval
 
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS
+from realtime.atomic_files import remove_stale_parts
 from realtime.sinks import (
     CocoResultsWriter,
     ImagePosesWriter,
     JsonlWriter,
     Mp4Writer,
-    remove_stale_parts,
     write_image,
     write_json,
 )

@@ -1,0 +1,90 @@
+"""Files written whole or not at all: a hidden temporary sibling renamed into place on commit.
+
+The temporary name (`.clip.mp4.<pid>@<host>.<tag>.part`) records the process that writes it, so
+`remove_stale_parts` can delete what a killed run left behind without touching the files of a
+run still going (another rank of the same job, say). The writers of `realtime.sinks` use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# `.NAME.PID@HOST.TAG.part`, and the `.NAME.TAG.part` of earlier versions (no owner recorded).
+_PART = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)@(?P<host>[^/@]+)\.)?[0-9a-f]{8}\.part$")
+_HOST = socket.gethostname().replace("@", "_").replace("/", "_") or "localhost"
+
+
+class AtomicPath:
+    """A temporary sibling of `final` that becomes `final` on commit (same folder, same disk)."""
+
+    def __init__(self, final: str | Path) -> None:
+        self.final = Path(final)
+        if not self.final.parent.is_dir():
+            raise FileNotFoundError(f"output folder does not exist: {self.final.parent}")
+        if self.final.is_dir():
+            raise IsADirectoryError(f"output path is a folder: {self.final}")
+        owner = f"{os.getpid()}@{_HOST}"
+        self.temp = self.final.with_name(f".{self.final.name}.{owner}.{uuid.uuid4().hex[:8]}.part")
+
+    def commit(self) -> None:
+        os.replace(self.temp, self.final)
+
+    def retarget(self, final: str | Path) -> Path:
+        """Commit under `final` instead, a name in the same folder."""
+        final = Path(final)
+        if final.parent.resolve() != self.final.parent.resolve():
+            raise ValueError(f"{final}: not in the folder of {self.final}")
+        self.final = final
+        return final
+
+    def discard(self) -> None:
+        self.temp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_parts(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed runs left in `folder` and its subfolders.
+
+    A temporary file is stale when the process that wrote it, on this host, no longer runs
+    (or its name records no owner). Files of live processes and of other hosts sharing the
+    folder are kept. Returns the paths removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            match = _PART.match(name)
+            if match is None:
+                continue
+            pid, host = match.group("pid"), match.group("host")
+            if pid is not None and (host != _HOST or _process_alive(int(pid))):
+                continue
+            path = Path(root) / name
+            try:
+                path.unlink()
+            except FileNotFoundError:  # another process cleaned it first
+                continue
+            removed.append(path)
+    if removed:
+        log.info("removed %d unfinished file(s) of earlier runs in %s", len(removed), folder)
+    return removed
