@@ -28,17 +28,14 @@ from pycocotools.coco import COCO
 
 from ccm.checkpoint import PoseConfig, load_checkpoint
 from ccm.refine import DECODE_METHODS
+from train.coco_metrics import coco_evaluate, format_table, load_coco_gt, percent_cells
 from train.evaluate import (
     EvalConfig,
     PredictedHeatmaps,
     add_data_arguments,
-    coco_evaluate,
     decode_poses,
     eval_instances,
     eval_loader,
-    format_table,
-    load_coco_gt,
-    percent_cells,
     poses_to_results,
     predict_heatmaps,
     resolve_data,

@@ -11,7 +11,7 @@ Prediction is split in two so that one network pass serves many refinement setti
    `ccm.geometry`, and HRNet's rescoring (box score x mean keypoint score).
 
 `suppress_duplicates` then runs OKS-NMS or Soft-NMS fusion (Eq. (20)-(21)) per image, and
-`coco_evaluate` scores the COCO keypoint results with pycocotools.
+`train.coco_metrics.coco_evaluate` scores the COCO keypoint results with pycocotools.
 
     python -m train.evaluate --checkpoint ckpt.safetensors --data data/synthetic
     python -m train.evaluate --checkpoint ckpt.safetensors --ann person_keypoints_val2017.json \\
@@ -21,8 +21,6 @@ Prediction is split in two so that one network pass serves many refinement setti
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -30,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -39,13 +35,18 @@ from ccm.checkpoint import PoseConfig, load_checkpoint
 from ccm.nms import oks_nms, rescore, soft_nms_fusion
 from ccm.refine import DECODE_METHODS
 from train.annotations import Instance, image_index, load_coco, load_detections
+from train.coco_metrics import (
+    METRICS,
+    coco_evaluate,
+    format_metrics_inline,
+    format_table,
+    percent_cells,
+)
 from train.samples import TopDownDataset
 
 log = logging.getLogger(__name__)
 
 NMS_METHODS = ("softnms", "oks", "none")
-# COCOeval('keypoints').stats, in order.
-METRICS = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 PERSON_CATEGORY = 1
 # Decode this many people at a time: DARK's log-heatmaps and padding copy every map.
 _DECODE_CHUNK = 1024
@@ -278,38 +279,6 @@ def coco_results(poses: Poses) -> list[dict]:
     ]
 
 
-def load_coco_gt(ann_file: str | Path) -> COCO:
-    """pycocotools' COCO for a keypoints json, quietly (it prints while loading)."""
-    ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        gt = COCO(str(ann_file))
-    log.debug(out.getvalue().strip())
-    return gt
-
-
-def coco_evaluate(gt: COCO | str | Path, results: list[dict]) -> dict[str, float]:
-    """COCOeval('keypoints') of `results` against `gt` -> {AP, AP50, ..., ARL} as fractions.
-
-    An empty result list scores 0 on every metric (pycocotools cannot load one), with a warning.
-    """
-    if not isinstance(gt, COCO):
-        gt = load_coco_gt(gt)
-    if not results:
-        log.warning("no keypoint results to evaluate: every metric is 0")
-        return dict.fromkeys(METRICS, 0.0)
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        # loadRes adds area, bbox and id to each result dict: hand it copies.
-        dt = gt.loadRes([dict(r) for r in results])
-        evaluator = COCOeval(gt, dt, "keypoints")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    log.debug(out.getvalue().strip())
-    return {name: float(v) for name, v in zip(METRICS, evaluator.stats, strict=True)}
-
-
 def poses_to_results(poses: Poses, config: EvalConfig) -> list[dict]:
     """NMS per `config`, then COCO results."""
     return coco_results(suppress_duplicates(poses, config.nms, config.nms_threshold))
@@ -359,24 +328,6 @@ def write_json(path: str | Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
     return path
-
-
-def format_metrics_inline(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k} {100 * metrics[k]:.1f}" for k in METRICS)
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A right-aligned plain text table."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    lines = [
-        " ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
-    ]
-    return "\n".join(lines)
-
-
-def percent_cells(metrics: dict[str, float]) -> list[str]:
-    """Metrics as the paper prints them: percent, one decimal (pycocotools' -1 stays -1)."""
-    return [f"{100 * metrics[k]:.1f}" if metrics[k] >= 0 else "-1" for k in METRICS]
 
 
 # ----------------------------------------------------------------------------- CLI

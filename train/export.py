@@ -21,13 +21,8 @@ from pathlib import Path
 import torch
 
 from ccm.checkpoint import load_checkpoint, save_checkpoint, sha256_of
-from train.evaluate import (
-    METRICS,
-    EvalConfig,
-    evaluate_model,
-    format_table,
-    percent_cells,
-)
+from train.coco_metrics import METRICS, format_table, percent_cells
+from train.evaluate import EvalConfig, evaluate_model
 
 log = logging.getLogger(__name__)
 

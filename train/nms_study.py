@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ccm.geometry import PADDING
 from ccm.nms import greedy_suppression, nms_similarity, oks, oks_nms, soft_nms_fusion
-from train.evaluate import coco_evaluate, format_table
+from train.coco_metrics import coco_evaluate, format_table
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 ASPECT = 0.75  # the demo model's input width / height: the crop areas train.evaluate uses

@@ -28,7 +28,7 @@ import numpy as np
 from ccm.poses import FramePoses
 from realtime.temporal import TemporalConfig, TemporalFusion
 from train.annotations import read_json
-from train.evaluate import coco_evaluate, format_table
+from train.coco_metrics import coco_evaluate, format_table
 from train.synthetic.videos import MOTIONS, VideoConfig, generate_video
 from train.video_eval import (
     FRAME_STRIDE,

@@ -38,7 +38,7 @@ from pycocotools.coco import COCO
 from ccm.nms import oks
 from ccm.poses import FramePoses
 from train.annotations import read_json
-from train.evaluate import METRICS, coco_evaluate, format_table, percent_cells
+from train.coco_metrics import METRICS, coco_evaluate, format_table, percent_cells
 
 MOTION_METRICS = ("jitter", "lag")
 MATCH_MIN_OKS = 0.5

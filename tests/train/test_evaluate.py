@@ -25,12 +25,11 @@ from ccm.nms import nms_similarity
 from ccm.skeleton import flip_permutation
 from train import ablate, evaluate
 from train.annotations import image_index, load_coco, load_detections
+from train.coco_metrics import METRICS, coco_evaluate
 from train.evaluate import (
-    METRICS,
     EvalConfig,
     Poses,
     PredictedHeatmaps,
-    coco_evaluate,
     decode_poses,
     evaluate_model,
     suppress_duplicates,

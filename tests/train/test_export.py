@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ccm.checkpoint import PoseConfig, read_checkpoint, save_checkpoint
-from train.evaluate import METRICS, EvalConfig, evaluate_model
+from train.coco_metrics import METRICS
+from train.evaluate import EvalConfig, evaluate_model
 from train.export import main
 from train.synthetic.scenes import SceneConfig
 from train.synthetic.writers import SyntheticConfig, generate_dataset
