@@ -5,7 +5,7 @@
         --poses out/synthetic_walk.jsonl
 
 COCO keypoint AP (pycocotools, OKS) of the JSON Lines that `app.py video` writes, against the
-ground truth `train.synthetic.generate_video` writes next to its clip: each frame is one COCO
+ground truth `train.synthetic.videos.generate_video` writes next to its clip: each frame is one COCO
 image (id = frame index), detector, pose network, refinement and temporal fusion all count.
 Figures that show too little of themselves to be annotated in a still image are ignore regions,
 so finding them is not a false positive and missing them is not a miss.
