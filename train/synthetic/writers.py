@@ -10,9 +10,8 @@
     videos/walk_NNN.mp4 + walk_NNN.json             H.264 clips with per-frame ground truth
                                                     (MOTION_NNN for motions other than walk)
 
-Everything is a function of the seed: each image draws from its own generator seeded by
-(seed, split, index), so the same seed gives byte-identical JSON and identical images.
-Coordinates are image pixels with pixel (row i, column j) centred at (x=j, y=i).
+Everything is a function of the seed, so the same seed gives byte-identical JSON and identical
+images (`train.synthetic.scenes`).
 """
 
 from __future__ import annotations
