@@ -16,7 +16,8 @@ from pathlib import Path
 
 from train.augment import AugmentConfig
 from train.loop import BEST_CHECKPOINT, resume, train
-from train.state import AMP_MODES, METRICS_FILE, DataConfig, TrainConfig, build_stages
+from train.run_config import AMP_MODES, DataConfig, TrainConfig, build_stages
+from train.state import METRICS_FILE
 
 # Where `--data DIR` finds each source: the layout `python -m train.synthetic` writes, and the
 # layout to arrange COCO / AIC in (docs/training.md).

@@ -6,7 +6,7 @@ its epochs (train, validate now and then, write `last.safetensors`, `best.safete
 training state and a row of `metrics.csv`). A later stage starts from the previous stage's
 weights. Under `torchrun` it trains with DistributedDataParallel; only rank 0 writes files.
 The loss is `train.loss`, the data `train.training_data`, the process group `train.ddp`, the
-config and the state files `train.state`.
+config `train.run_config`, the state files `train.state`.
 
 Exact resume: the data order of an epoch comes from DistributedSampler seeded by (seed, epoch),
 the augmentation of a sample from (seed, epoch, index) in `TopDownDataset`, and the state file
@@ -35,13 +35,12 @@ from ccm.checkpoint import PoseConfig, check_state_dict, read_checkpoint, save_c
 from ccm.model import build_model
 from train.ddp import Distributed, setup_distributed
 from train.loss import pose_loss
+from train.run_config import StageConfig, TrainConfig
 from train.samples import build_stage_dataset
 from train.state import (
     METRICS_FILE,
     STATE_FILE,
     Progress,
-    StageConfig,
-    TrainConfig,
     TrainingState,
     append_metrics,
     load_training_state,

@@ -19,8 +19,8 @@ from train.annotations import (
 )
 from train.ddp import Distributed
 from train.mine_negatives import gt_boxes_from_coco, load_detection_records, mine_hard_negatives
+from train.run_config import TrainConfig
 from train.samples import TopDownDataset
-from train.state import TrainConfig
 
 
 def _source_files(letter: str, data) -> list[tuple[str, str | None, str]]:

@@ -17,15 +17,9 @@ from train.__main__ import main
 from train.annotations import load_coco
 from train.loop import amp_dtype, build_training_model, resume, train, train_step
 from train.loss import heatmap_mse, pose_loss
+from train.run_config import DataConfig, TrainConfig, build_stages, default_lr_steps, parse_schedule
 from train.samples import TopDownDataset
-from train.state import (
-    STATE_FILE,
-    DataConfig,
-    TrainConfig,
-    build_stages,
-    default_lr_steps,
-    parse_schedule,
-)
+from train.state import STATE_FILE
 from train.synthetic.scenes import SceneConfig
 from train.synthetic.writers import SyntheticConfig, generate_dataset
 from train.training_data import check_data
