@@ -29,7 +29,7 @@ from ccm.refine import DECODE_METHODS  # noqa: E402
 from realtime.assemble import PipelineSpec  # noqa: E402
 from realtime.detector import DetectorConfig  # noqa: E402
 from realtime.engine import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
-from realtime.pipeline import NMS_METHODS, PipelineConfig  # noqa: E402
+from realtime.pipeline import FILE_DET_EVERY, NMS_METHODS, PipelineConfig  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
 from realtime.temporal import METHODS as TEMPORAL_METHODS  # noqa: E402
 from realtime.temporal import TemporalConfig  # noqa: E402
@@ -110,8 +110,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
     detect.add_argument(
         "--det-every",
         type=int,
-        default=1,
-        help="run the detector every N frames; poses give boxes in between",
+        default=None,
+        help="run the detector every N frames: a file's frames in between take boxes "
+        "interpolated from the detections on either side, a camera's boxes predicted from its "
+        f"tracks (default: every {FILE_DET_EVERY}rd frame of a file, every frame of a camera)",
     )
     detect.add_argument("--det-conf", type=float, default=0.3, help="detector confidence threshold")
     detect.add_argument("--det-iou", type=float, default=0.6, help="detector NMS IoU threshold")

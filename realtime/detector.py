@@ -1,4 +1,5 @@
-"""Person detector: ultralytics YOLO restricted to class 0 (person).
+"""Person detector: ultralytics YOLO restricted to class 0 (person), and boxes for the frames
+between detections.
 
     detector = PersonDetector(DetectorConfig(weights="weights/yolo11n.pt"))
     boxes, scores = detector(frame)      # frame: (H, W, 3) uint8 RGB
@@ -6,6 +7,10 @@
 Boxes are x1, y1, x2, y2 in original image pixels, as float32 torch tensors on the detector's
 device. Weights come only from local files (or a model .yaml that ultralytics ships, which builds
 a randomly initialised network); nothing is downloaded.
+
+Detection can run only every few frames (rtmlib's `det_frequency`): `interpolate_detections` gives
+a file's frames in between boxes from the detections on either side,
+`ccm.geometry.boxes_from_keypoints` a camera's from the previous frame's poses.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
 from realtime.engine import autocast
 from realtime.no_network import configure_offline
@@ -300,3 +306,31 @@ def _check_frame(frame: np.ndarray, index: int) -> np.ndarray:
             f"frame {index} must be an (H, W, 3) uint8 RGB array, got {frame.dtype} {frame.shape}"
         )
     return frame
+
+
+def interpolate_detections(
+    before: Detections, after: Detections, t: float, min_iou: float = 0.2
+) -> Detections:
+    """Detections for a frame a fraction `t` (0..1) of the way from one detected frame to the
+    next, as batch runs detect only every few frames.
+
+    The people are those of the nearer detected frame (someone who appears or leaves in
+    between does so half-way). Each is matched to the box of the other frame it overlaps most,
+    if that box overlaps it most in turn and their IoU is at least `min_iou`; a matched box and
+    its score move linearly towards the other frame's, an unmatched one stays as it is.
+    Tensor ops only (no host sync); rows sorted by score, high to low.
+    """
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must be in [0, 1], got {t}")
+    near, far, w = (before, after, t) if t <= 0.5 else (after, before, 1.0 - t)
+    if not len(near.boxes) or not len(far.boxes):
+        return near
+    far_boxes = far.boxes.to(near.boxes)
+    iou = box_iou(near.boxes, far_boxes)  # (near, far)
+    best = iou.argmax(1)
+    mutual = iou.argmax(0)[best] == torch.arange(len(best), device=best.device)
+    weight = w * (mutual & (iou.gather(1, best[:, None])[:, 0] >= min_iou))
+    boxes = torch.lerp(near.boxes, far_boxes[best], weight[:, None])
+    scores = torch.lerp(near.scores, far.scores.to(near.scores)[best], weight)
+    order = scores.argsort(descending=True)
+    return Detections(boxes[order], scores[order])

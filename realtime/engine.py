@@ -13,7 +13,8 @@ warm every bucket up when they are built, so nothing compiles mid-stream.
 
 Crop geometry is float32 whatever the network's precision: the sampling grid is built and the
 frame sampled in float32, and only the normalised crops are cast (fp16 centres would put crops
-0.5-1 px off at 1080p).
+0.5-1 px off at 1080p). On the CPU, uint8 frames are cut by OpenCV's bilinear warp instead, with
+the same affine maps: converting whole frames to float for `grid_sample` cost more than the crops.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ccm.checkpoint import PoseConfig
 from ccm.fold import fold_batch_norms
-from ccm.geometry import box_to_center_scale, warp_crops
+from ccm.geometry import box_to_center_scale, grid_to_image_matrix, warp_crops
 from ccm.refine import DECODE_METHODS
 
 logger = logging.getLogger(__name__)
@@ -232,7 +235,7 @@ class PoseEstimator:
                 f"{len(boxes)} boxes on {len(images)} images do not match counts {counts}"
             )
         images = images.to(self.device)
-        if not images.is_floating_point():
+        if not images.is_floating_point() and self.device.type != "cpu":
             images = images.float()
         ends = list(itertools.accumulate(counts))  # host ints: where each image's boxes end
         chunks = []
@@ -274,12 +277,15 @@ class PoseEstimator:
         people (the image is shared, not copied per person)."""
         h, w = self.pose.input_size
         center, scale = box_to_center_scale(boxes, aspect_ratio=w / h)
-        parts, start = [], 0
-        for image, n in segments:
-            one, stop = images[image : image + 1], start + n
-            parts.append(warp_crops(one, None, center[start:stop], scale[start:stop], (h, w)))
-            start = stop
-        crops = parts[0] if len(parts) == 1 else torch.cat(parts)  # float32 geometry
+        if images.dtype == torch.uint8:  # CPU frames
+            crops = _cpu_crops(images, segments, center, scale, (h, w)).float()
+        else:
+            parts, start = [], 0
+            for image, n in segments:
+                one, stop = images[image : image + 1], start + n
+                parts.append(warp_crops(one, None, center[start:stop], scale[start:stop], (h, w)))
+                start = stop
+            crops = parts[0] if len(parts) == 1 else torch.cat(parts)  # float32 geometry
         if self.config.flip_test:
             # A mirrored crop of a region is the crop mirrored: no second warp needed.
             crops = torch.cat((crops, crops.flip(-1)))
@@ -318,6 +324,27 @@ class PoseEstimator:
             # CUDA graphs remove per-kernel launch overhead; buckets keep the shapes static.
             return torch.compile(network, mode="reduce-overhead", dynamic=False)
         return _tensorrt_module(network, self.pose, self.config, self.crops_per_person)
+
+
+def _cpu_crops(
+    images: Tensor,
+    segments: list[tuple[int, int]],
+    center: Tensor,
+    scale: Tensor,
+    size: tuple[int, int],
+) -> Tensor:
+    """`warp_crops` for (B, 3, H, W) uint8 CPU frames with OpenCV: (N, 3, h, w) uint8 crops,
+    bilinear, pixel centres at integers, zeros outside (channels-last in memory)."""
+    h, w = size
+    matrices = grid_to_image_matrix(center, scale, size).double().numpy()
+    out = np.empty((len(center), h, w, 3), np.uint8)
+    flags, k = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, 0
+    for image, n in segments:
+        frame = np.ascontiguousarray(images[image].permute(1, 2, 0).numpy())
+        for _ in range(n):
+            cv2.warpAffine(frame, matrices[k], (w, h), dst=out[k], flags=flags, borderValue=0)
+            k += 1
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 def _segments(ends: list[int], start: int, stop: int) -> list[tuple[int, int]]:

@@ -4,8 +4,10 @@ Reads in one sitting, rtmlib-style. `PosePipeline.process(frames)` takes a micro
 through the stages together:
 
 1. one upload of the frames (pinned host memory on CUDA), read by the detector and the crops;
-2. the person detector on the frames that need it (every `det_every`-th frame of a stream;
-   boxes come from the stream's previous poses in between), one forward pass for the batch;
+2. the person detector on the frames that need it (every `det_every`-th frame of a stream),
+   one forward pass for the batch; a frame in between takes boxes interpolated from the
+   detections on either side when the next one is in the batch (files), else boxes its
+   stream's tracks predict from the previous poses (a camera);
 3. boxes made finite, clipped to the frame and checked for size (a failed box takes no part);
 4. the pose stage (`PoseEstimator`) on every person of every frame at once;
 5. HRNet rescoring, the score threshold and OKS-NMS / Soft-NMS fusion (Eq. (20)-(21)) as masks
@@ -13,8 +15,8 @@ through the stages together:
 6. the batch's one device->host copy; NaN keypoints are an error here, never "nobody";
 7. per frame, in order, on the host: the stream's temporal stage (track ids, fusion).
 
-`stream()` is the generator form over a frame source, in micro-batches of `batch_size` frames
-for files (one frame at a time for a live source, or when poses give the next frame's boxes).
+`stream()` is the generator form over a frame source: a file in micro-batches of about
+`batch_size` frames that end on a detected frame, a live source one frame at a time.
 Each stream of frames (a video, a browser session) keeps its own `StreamState`; the models are
 shared.
 """
@@ -34,12 +36,13 @@ from ccm.geometry import boxes_from_keypoints
 from ccm.nms import rescore, suppress_duplicates
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_SIGMAS
-from realtime.detector import Detections
+from realtime.detector import Detections, interpolate_detections
 from realtime.engine import PoseEstimator
 from realtime.frames import Frame
 
 STAGES = ("decode", "detect", "crop", "pose", "refine", "fuse", "render", "encode")
 NMS_METHODS = ("softnms", "oks", "none")
+FILE_DET_EVERY = 3  # det_every None: a file's frames are detected every 3rd, a camera's each
 
 Temporal = Callable[[FramePoses], FramePoses]
 PeopleHook = Callable[[Frame, Detections], Detections]
@@ -47,14 +50,17 @@ PeopleHook = Callable[[Frame, Detections], Detections]
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """`det_every`: run the detector on every n-th frame; `box_keypoint_threshold`: keypoints
-    above it make the boxes of the frames in between; `nms`: how duplicate detections of one
-    person merge ("softnms" Eq. (20)-(21), "oks" plain OKS-NMS, "none"); `min_pose_score`: people
-    whose score (detector score x mean confident keypoint score) falls below it are dropped;
-    `batch_size`: frames of a file that go through the models together; `sync_timing`: wait for
-    the device at each stage boundary so per-stage times are exact."""
+    """`det_every`: run the detector on every n-th frame of a stream (None: every
+    `FILE_DET_EVERY`-th frame of a file, every frame of a live source);
+    `box_keypoint_threshold`: keypoints above it make a camera's boxes between detections;
+    `nms`: how duplicate detections of one person merge ("softnms" Eq. (20)-(21), "oks" plain
+    OKS-NMS, "none"); `min_pose_score`: people whose score (detector score x mean confident
+    keypoint score) falls below it are dropped; `batch_size`: frames of a file that go through
+    the models together (a batch ends on a detected frame, so it may hold up to
+    `det_every - 1` more); `sync_timing`: wait for the device at each stage boundary so
+    per-stage times are exact."""
 
-    det_every: int = 1
+    det_every: int | None = None
     box_keypoint_threshold: float = 0.3
     nms: str = "softnms"
     nms_threshold: float = 0.9
@@ -63,7 +69,7 @@ class PipelineConfig:
     sync_timing: bool = False
 
     def __post_init__(self) -> None:
-        if self.det_every < 1:
+        if self.det_every is not None and self.det_every < 1:
             raise ValueError(f"det_every must be >= 1, got {self.det_every}")
         if self.nms not in NMS_METHODS:
             raise ValueError(f"unknown nms {self.nms!r}; choose from {NMS_METHODS}")
@@ -118,8 +124,9 @@ class StageTimer:
 
 @dataclass
 class StreamState:
-    """What one stream of frames remembers: its detection interval, its temporal stage, and the
-    previous frame's poses (host tensors) with their detector scores for the frames between
+    """What one stream of frames remembers: its detection interval, its temporal stage, the
+    frames it has had, the last detected frame's detections (on the device) and the previous
+    frame's poses (host tensors) with their detector scores, for the frames between
     detections."""
 
     det_every: int = 1
@@ -127,17 +134,31 @@ class StreamState:
     previous: FramePoses | None = None
     previous_box_scores: Tensor | None = None
     frames: int = 0
+    detected: Detections | None = None
+    detected_frame: int = 0
 
     def reset(self) -> None:
         """Forget previous frames (a new video)."""
         self.previous = None
         self.previous_box_scores = None
         self.frames = 0
+        self.detected = None
         if self.temporal is not None and hasattr(self.temporal, "reset"):
             self.temporal.reset()
 
-    def needs_detection(self) -> bool:
-        return self.frames % self.det_every == 0 or self.previous is None or not len(self.previous)
+    def needs_detection(self, ahead: int = 0) -> bool:
+        """Whether the frame `ahead` frames after the next one is a detected frame. The next one
+        is also detected when there is nothing to take boxes from."""
+        if (self.frames + ahead) % self.det_every == 0:
+            return True
+        nothing = self.detected is None or self.previous is None or not len(self.previous)
+        return ahead == 0 and nothing
+
+    def batch_length(self, size: int) -> int:
+        """Frames for the next micro-batch of about `size`: through a detected frame, so the
+        frames before it take boxes from the detections on either side."""
+        end = self.frames + size - 1
+        return -(-end // self.det_every) * self.det_every - self.frames + 1
 
 
 class PosePipeline:
@@ -154,7 +175,7 @@ class PosePipeline:
         self.estimator = estimator
         self.config = config
         self.device = estimator.device
-        self.state = StreamState(config.det_every, temporal)
+        self.state = StreamState(config.det_every or 1, temporal)
         self._sigmas = torch.tensor(COCO_SIGMAS, device=self.device)
         self._pinned: dict[tuple, Tensor] = {}  # host staging buffers by shape
 
@@ -164,7 +185,7 @@ class PosePipeline:
 
     def new_stream(self, temporal: Temporal | None = None, det_every: int | None = None):
         """A fresh `StreamState` for another stream through the same models."""
-        return StreamState(det_every or self.config.det_every, temporal)
+        return StreamState(det_every or self.config.det_every or 1, temporal)
 
     def reset(self) -> None:
         """Forget previous frames of the pipeline's own stream (a new video)."""
@@ -174,22 +195,33 @@ class PosePipeline:
         return self.process([frame], people=people)[0]
 
     def stream(
-        self, frames: Iterable[Frame], people: PeopleHook | None = None
+        self, frames: Iterable[Frame], people: PeopleHook | None = None, live: bool | None = None
     ) -> Iterator[FrameResult]:
-        """Process frames as they come (a FrameSource, or any iterable of Frame), in
-        micro-batches for files; `decode` is the time spent waiting for the batch's frames."""
-        live = getattr(frames, "realtime", False) or self.state.det_every > 1
-        size = 1 if live else self.config.batch_size
+        """Process frames as they come (a FrameSource, or any iterable of Frame): one at a time
+        when `live` (default: the source's `realtime`), else in micro-batches that end on a
+        detected frame; `decode` is the time spent waiting for the batch's frames."""
+        live = getattr(frames, "realtime", False) if live is None else live
+        if self.config.det_every is None:
+            self.state.det_every = 1 if live else FILE_DET_EVERY
         frames = iter(frames)
         while True:
             start = time.perf_counter()
-            batch = list(islice(frames, size))
-            if not batch:
-                return
+            size = 1 if live else self.state.batch_length(self.config.batch_size)
+            batch, error = [], None
+            try:
+                for frame in islice(frames, size):
+                    batch.append(frame)
+            except Exception as err:  # a source that fails part-way: pose what came before
+                error = err
             decode_ms = (time.perf_counter() - start) * 1000
-            for result in self.process(batch, people=people):
-                result.timings = {"decode": decode_ms, **result.timings}
-                yield result
+            if batch:
+                for result in self.process(batch, people=people):
+                    result.timings = {"decode": decode_ms, **result.timings}
+                    yield result
+            if error is not None:
+                raise error
+            if len(batch) < size:
+                return
 
     @torch.inference_mode()
     def process(
@@ -200,15 +232,16 @@ class PosePipeline:
     ) -> list[FrameResult]:
         """Frames (of one stream, in order, or of several streams) -> one result each, in order.
 
-        `states` gives each frame's stream (default: the pipeline's own). A stream whose next
-        boxes come from its poses (`det_every` > 1) may appear only once per call. `people`
+        `states` gives each frame's stream (default: the pipeline's own). Of a stream's frames
+        in one call, the last is always detected, so those between take boxes interpolated
+        from detections (`StreamState.batch_length` says how many to pass); a stream's only
+        frame in a call that is not due for detection takes boxes its tracks predict. `people`
         replaces the detections of the frames the detector ran on (the benchmark fixes the
         people with it; the detector still runs).
         """
         states = [self.state] * len(frames) if states is None else list(states)
         if len(states) != len(frames):
             raise ValueError(f"{len(frames)} frames but {len(states)} stream states")
-        _check_reuse(states)
         images = [_rgb(f) for f in frames]
         results: list[FrameResult | None] = [None] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = {}
@@ -233,15 +266,22 @@ class PosePipeline:
         timer = StageTimer(self.device, self.config.sync_timing)
         pixels = self._upload([images[i] for i in group])  # (B, 3, H, W) uint8
         height, width = pixels.shape[-2:]
-        detect = [i for i in group if states[i].needs_detection()]
-        found = dict(zip(detect, self._detect(pixels, images, group, detect), strict=True))
+        plan = _plan(states, group)
+        detect = [i for i, (_, _, source) in zip(group, plan, strict=True) if source is None]
+        found = {}
+        for i, dets in zip(detect, self._detect(pixels, images, group, detect), strict=True):
+            dets = dets if people is None else people(frames[i], dets)
+            found[i] = Detections(*(t.to(self.device, torch.float32) for t in dets))
         boxes, box_scores = [], []
-        for i in group:
-            if i in found:
-                dets = found[i] if people is None else people(frames[i], found[i])
-                b, s = dets.boxes, dets.scores
+        for i, (count, next_count, source) in zip(group, plan, strict=True):
+            state = states[i]
+            if source is None:
+                state.detected, state.detected_frame = found[i], count
+                b, s = found[i]
+            elif source >= 0:  # between two detected frames
+                t = (count - state.detected_frame) / (next_count - state.detected_frame)
+                b, s = interpolate_detections(state.detected, found[source], t)
             else:  # boxes from the previous poses; their detector scores rescore them
-                state = states[i]
                 b = _boxes_from_poses(state, frames[i], self.config, (height, width))
                 s = state.previous_box_scores
             boxes.append(b.to(self.device, torch.float32))
@@ -349,15 +389,25 @@ def _boxes_from_poses(
     )
 
 
-def _check_reuse(states: list[StreamState]) -> None:
-    seen: set[int] = set()
-    for state in states:
-        if id(state) in seen and state.det_every > 1:
-            raise ValueError(
-                "a stream with det_every > 1 takes its next boxes from its last poses: give it "
-                "one frame per call"
-            )
-        seen.add(id(state))
+def _plan(states: list[StreamState], group: list[int]) -> list[tuple[int, int, int | None]]:
+    """Per frame of `group`: (its number in its stream, the number of its stream's next detected
+    frame in the call, where its boxes come from): None to detect it, that next frame's index to
+    interpolate, -1 to predict them from the stream's tracks."""
+    plan: list[tuple[int, int, int | None]] = [(0, 0, None)] * len(group)
+    by_stream: dict[int, list[int]] = {}
+    for k, i in enumerate(group):
+        by_stream.setdefault(id(states[i]), []).append(k)
+    for ks in by_stream.values():
+        state = states[group[ks[0]]]
+        source, next_count = -1, 0
+        for j in reversed(range(len(ks))):
+            count = state.frames + j
+            if state.needs_detection(j) or (j == len(ks) - 1 and j > 0):
+                plan[ks[j]] = (count, count, None)
+                source, next_count = group[ks[j]], count
+            else:
+                plan[ks[j]] = (count, next_count, source)
+    return plan
 
 
 def _rgb(frame: Frame) -> np.ndarray:

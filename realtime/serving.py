@@ -281,8 +281,8 @@ class ServingWorker:
 
 class ServedStream:
     """A file's frames through the worker in order, as `process_video` wants a pipeline:
-    `reset()` and `stream(frames)`. Frames go in chunks of the pipeline's batch size (one at a
-    time when boxes come from the previous poses)."""
+    `reset()` and `stream(frames)`. Frames go in chunks of about the pipeline's batch size that
+    end on a detected frame (`StreamState.batch_length`)."""
 
     def __init__(
         self, worker: ServingWorker, key: EngineKey, state: StreamState, timeout: float = 600.0
@@ -293,11 +293,11 @@ class ServedStream:
         self.worker.call(self.state.reset, self.timeout)
 
     def stream(self, frames: Iterable[Frame]) -> Iterator[FrameResult]:
-        size = 1 if self.state.det_every > 1 else self.worker.engines.config.batch_size
+        batch_size = self.worker.engines.config.batch_size
         chunk: list[Frame] = []
         for frame in frames:
             chunk.append(frame)
-            if len(chunk) == size:
+            if len(chunk) == self.state.batch_length(batch_size):
                 yield from self._process(chunk)
                 chunk = []
         if chunk:

@@ -110,7 +110,7 @@ def build_ui(
     temporal = getattr(pipeline.temporal, "config", None)
     temporal = temporal if isinstance(temporal, TemporalConfig) else TemporalConfig()
     defaults = Controls(
-        pose_path, pipeline.config.det_every, pipeline.estimator.config.flip_test,
+        pose_path, pipeline.config.det_every or 1, pipeline.estimator.config.flip_test,
         pipeline.estimator.config.decoder,
         temporal.method if pipeline.temporal is not None else "none",
     )  # fmt: skip

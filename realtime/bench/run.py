@@ -182,7 +182,7 @@ def run_benchmark(
     run = _latency if latency_mode else _throughput
     try:
         with tempfile.TemporaryDirectory(prefix="ccm-bench-") as tmp:
-            runner = functools.partial(bench.stream, people=people)
+            runner = functools.partial(bench.stream, people=people, live=latency_mode)
             records, seconds = run(runner, frames, config, Path(tmp))
     finally:
         frames.close()

@@ -22,8 +22,10 @@ from realtime.no_network import FONT_NAME, configure_offline
 configure_offline()  # before anything imports ultralytics
 
 from realtime.detector import (  # noqa: E402
+    Detections,
     DetectorConfig,
     PersonDetector,
+    interpolate_detections,
     shipped_model_yaml,
     trained_size,
 )
@@ -282,3 +284,30 @@ def test_configure_offline_keeps_torch_threads_and_the_users_omp_setting(
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout.split() == plain.stdout.split()
     assert plain.stdout.split()[1] == str(user_value)
+
+
+def test_detections_between_two_frames_follow_the_people_both_frames_show():
+    before = Detections(
+        torch.tensor([[0.0, 0, 10, 20], [100, 0, 110, 20]]), torch.tensor([0.9, 0.6])
+    )
+    # The first person moved 4 px; the second left; a third came in, overlapping nobody.
+    after = Detections(
+        torch.tensor([[4.0, 0, 14, 20], [300, 300, 310, 320]]), torch.tensor([0.7, 0.8])
+    )
+    quarter = interpolate_detections(before, after, 0.25)  # the people of the nearer frame
+    torch.testing.assert_close(quarter.boxes, torch.tensor([[1.0, 0, 11, 20], [100, 0, 110, 20]]))
+    torch.testing.assert_close(quarter.scores, torch.tensor([0.85, 0.6]))
+    late = interpolate_detections(before, after, 0.75)  # sorted by score
+    torch.testing.assert_close(late.boxes, torch.tensor([[300.0, 300, 310, 320], [3, 0, 13, 20]]))
+    torch.testing.assert_close(late.scores, torch.tensor([0.8, 0.75]))
+    assert interpolate_detections(before, after, 0.0).boxes.equal(before.boxes)
+    # Only mutual best matches move: the second box's best match prefers the first box.
+    crowd = Detections(torch.tensor([[0.0, 0, 10, 20], [3, 0, 13, 20]]), torch.tensor([0.9, 0.8]))
+    one = Detections(torch.tensor([[1.0, 0, 11, 20]]), torch.tensor([0.9]))
+    half = interpolate_detections(crowd, one, 0.5)
+    torch.testing.assert_close(half.boxes, torch.tensor([[0.5, 0, 10.5, 20], [3, 0, 13, 20]]))
+    nobody = Detections(torch.zeros(0, 4), torch.zeros(0))
+    assert interpolate_detections(before, nobody, 0.5).boxes.equal(before.boxes)
+    assert len(interpolate_detections(before, nobody, 0.6).boxes) == 0
+    with pytest.raises(ValueError, match=r"t must be in \[0, 1\]"):
+        interpolate_detections(before, after, 1.5)

@@ -290,3 +290,29 @@ def test_a_chunk_of_people_is_split_by_the_image_each_came_from():
     both = est(frames, boxes, counts=[len(p) for p in points])
     flat = torch.tensor([xy for p in points for xy in p])
     assert both.shape == (9, 17, 3) and (both[:, 0, :2] - flat).norm(dim=-1).max() < 0.05
+
+
+def test_uint8_cpu_frames_are_cut_as_the_float_warp_cuts_them():
+    from ccm.geometry import box_to_center_scale, warp_crops
+    from realtime.engine import _cpu_crops
+
+    g = torch.Generator().manual_seed(3)
+    frames = torch.randint(0, 256, (2, 3, 270, 480), generator=g, dtype=torch.uint8)
+    boxes = torch.tensor([[100.3, 50.7, 300.2, 260.9], [-50.0, -20.0, 200.0, 300.0],
+                          [400.0, 200.0, 520.0, 330.0]])  # fmt: skip
+    center, scale = box_to_center_scale(boxes, aspect_ratio=SIZE[1] / SIZE[0])
+    cut = _cpu_crops(frames, [(0, 2), (1, 1)], center, scale, SIZE)
+    assert cut.dtype == torch.uint8 and cut.shape == (3, 3, *SIZE)
+    for k, image in enumerate((0, 0, 1)):
+        exact = warp_crops(frames[image : image + 1].float(), None, center[k : k + 1],
+                           scale[k : k + 1], SIZE)  # fmt: skip
+        # The same bilinear samples, rounded to uint8; zeros outside the frame as well.
+        assert (cut[k : k + 1].float() - exact).abs().max() <= 0.51
+    # Through the pose stage: the same keypoints as float frames give.
+    points = [(120.3, 150.6), (300.8, 200.2)]
+    image = blob_frame(points)
+    boxes = torch.tensor([[x - 40, y - 70, x + 50, y + 60] for x, y in points])
+    est = engine()
+    as_uint8 = est(image.round().clamp(0, 255).to(torch.uint8), boxes)
+    # OpenCV's fixed-point warp places its samples to 1/32 px: keypoints agree to 0.03 px.
+    torch.testing.assert_close(as_uint8, est(image.round().clamp(0, 255), boxes), rtol=0, atol=0.03)

@@ -131,8 +131,12 @@ def test_micro_batches_give_the_results_of_one_frame_at_a_time():
     det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
     frames = [frame(i, shift=3.0 * i) for i in range(5)]
     temporal = TemporalConfig()
-    one = pipeline(det, PipelineConfig(batch_size=1), temporal=TemporalFusion(temporal))
-    many = pipeline(det, PipelineConfig(batch_size=4), temporal=TemporalFusion(temporal))
+    one = pipeline(
+        det, PipelineConfig(det_every=1, batch_size=1), temporal=TemporalFusion(temporal)
+    )
+    many = pipeline(
+        det, PipelineConfig(det_every=1, batch_size=4), temporal=TemporalFusion(temporal)
+    )
     single = list(one.stream(frames))
     batched = list(many.stream(frames))
     assert [r.batch for r in batched] == [4, 4, 4, 4, 1]
@@ -160,9 +164,11 @@ def test_streams_of_several_sessions_share_one_batch():
     a, b = pipe.new_stream(TemporalFusion()), pipe.new_stream(TemporalFusion(), det_every=2)
     out = pipe.process([frame(0), frame(0, shift=5.0)], [a, b])
     assert [r.batch for r in out] == [2, 2]
-    assert a.frames == b.frames == 1
-    with pytest.raises(ValueError, match="one frame per call"):
-        pipe.process([frame(1), frame(2)], [b, b])
+    assert a.frames == b.frames == 1 and det.calls == 2
+    # Two frames of one stream in a call: the last is detected, the first interpolated.
+    out = pipe.process([frame(1, shift=5.0), frame(2, shift=5.0)], [b, b])
+    assert det.calls == 3 and b.frames == 3 and b.detected_frame == 2
+    torch.testing.assert_close(out[0].poses.boxes, det.boxes)
 
 
 def test_after_detection_the_frame_reaches_the_host_in_one_copy(monkeypatch):
@@ -182,7 +188,9 @@ def test_after_detection_the_frame_reaches_the_host_in_one_copy(monkeypatch):
     result = pipe(frame(0))
     monkeypatch.undo()
     assert len(result.poses) == 3
-    assert calls == ["numpy"]  # the packed result, once; nothing else asked the device
+    # On the CPU: zero-copy views of the frame and the crops' affine maps for OpenCV's warp,
+    # then the packed result, once; nothing else asked the device.
+    assert calls == ["numpy", "numpy", "numpy"]
 
 
 def _counting(real, name, calls):
@@ -245,3 +253,65 @@ def test_frames_without_detection_take_the_boxes_the_temporal_stage_predicts():
     assert det.calls == 1 and temporal.asked == [0.1]
     kept = np.array(sorted(second.poses.boxes.numpy().tolist()))
     np.testing.assert_allclose(kept, sorted(box(x + 5, y) for x, y in POINTS), atol=1e-4)
+
+
+class ScriptedDetector:
+    """Given boxes for each call, in order; keeps the images it was called on."""
+
+    def __init__(self, boxes: list[list[list[float]]], scores: list[float]) -> None:
+        self.boxes = [torch.tensor(b) for b in boxes]
+        self.scores = torch.tensor(scores)
+        self.images: list[np.ndarray] = []
+
+    def __call__(self, image: np.ndarray):
+        self.images.append(image)
+        return self.boxes[len(self.images) - 1], self.scores.clone()
+
+
+def moving_boxes(i: int, step: float = 3.0) -> list[list[float]]:
+    return [box(x + step * i, y) for x, y in POINTS]
+
+
+def test_a_file_is_detected_every_third_frame_and_boxes_between_are_interpolated():
+    frames = [frame(i, shift=3.0 * i) for i in range(8)]
+    detected = (0, 3, 6, 7)  # every third frame, and the file's last one
+    det = ScriptedDetector([moving_boxes(i) for i in detected], [0.9, 0.8, 0.7])
+    pipe = pipeline(det, PipelineConfig(nms="none", batch_size=4), network=SpreadFinder())
+    results = list(pipe.stream(frames))
+    # Batches of about 4 frames end on a detected frame: 0-3, then 4-7 (the file ends at 7).
+    assert [r.batch for r in results] == [4] * 8
+    assert [next(i for i, f in enumerate(frames) if f.image is image) for image in det.images] \
+        == list(detected)  # fmt: skip
+    for i, result in enumerate(results):
+        # Frame 1 is a third of the way from frame 0's boxes to frame 3's: 1 px a frame.
+        torch.testing.assert_close(
+            result.poses.boxes, torch.tensor(moving_boxes(i)), rtol=0, atol=1e-4
+        )
+        found = result.poses.keypoints[:, 0, :2].numpy()
+        for x, y in POINTS:
+            assert np.linalg.norm(found - np.array((x + 3.0 * i, y)), axis=1).min() < 0.3
+
+
+def test_by_default_a_file_is_detected_every_third_frame_and_a_camera_every_frame():
+    frames = [frame(i) for i in range(7)]
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    pipe = pipeline(det, PipelineConfig(batch_size=2))
+    assert len(list(pipe.stream(frames))) == 7 and det.calls == 3  # frames 0, 3 and 6
+    pipe.reset()
+    assert len(list(pipe.stream(frames, live=True))) == 7 and det.calls == 10
+    assert pipe.state.det_every == 1 and PipelineConfig().det_every is None
+
+
+def test_frames_read_before_a_source_fails_are_posed_before_the_error():
+    def failing():
+        yield from (frame(i) for i in range(5))
+        raise OSError("the data ends at frame 5")
+
+    det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+    results = []
+    with pytest.raises(OSError, match="ends at frame 5"):
+        for result in pipeline(det, PipelineConfig(det_every=1, batch_size=4)).stream(failing()):
+            results.append(result)
+    # Frames 0-3, then 4 (read in the batch that met the error), each with its people.
+    assert [r.frame.index for r in results] == [0, 1, 2, 3, 4]
+    assert [len(r.poses) for r in results] == [3] * 5
