@@ -17,15 +17,15 @@ through the stages together:
 
 `stream()` is the generator form over a frame source: a file in micro-batches of about
 `batch_size` frames that end on a detected frame, a live source one frame at a time.
-Each stream of frames (a video, a browser session) keeps its own `StreamState`; the models are
-shared.
+Each stream of frames (a video, a browser session) keeps its own `StreamState`
+(`realtime.streams`); the models are shared. Stage times are `realtime.timing`'s.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
@@ -39,12 +39,12 @@ from ccm.skeleton import COCO_SIGMAS
 from realtime.detector import Detections, interpolate_detections
 from realtime.engine import PoseEstimator
 from realtime.frames import Frame
+from realtime.streams import StreamState, Temporal, plan_detections
+from realtime.timing import FrameResult, StageTimer
 
-STAGES = ("decode", "detect", "crop", "pose", "refine", "fuse", "render", "encode")
 NMS_METHODS = ("softnms", "oks", "none")
 FILE_DET_EVERY = 3  # det_every None: a file's frames are detected every 3rd, a camera's each
 
-Temporal = Callable[[FramePoses], FramePoses]
 PeopleHook = Callable[[Frame, Detections], Detections]
 
 
@@ -75,90 +75,6 @@ class PipelineConfig:
             raise ValueError(f"unknown nms {self.nms!r}; choose from {NMS_METHODS}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-@dataclass
-class FrameResult:
-    """One processed frame: the frame, its poses (on the CPU), stage times in ms of the
-    micro-batch it went through (`batch` frames), and the people the pose stage ran on."""
-
-    frame: Frame
-    poses: FramePoses
-    timings: dict[str, float] = field(default_factory=dict)
-    batch: int = 1
-    people: int = 0
-
-    def frame_ms(self, stage: str) -> float:
-        """This frame's share of a stage's time (`frame_share`)."""
-        return frame_share(self.timings, self.batch, stage)
-
-    @property
-    def latency_ms(self) -> float:
-        """From the frame's batch leaving the decoder to its poses being ready."""
-        return sum(v for k, v in self.timings.items() if k not in ("decode", "render", "encode"))
-
-
-def frame_share(timings: dict[str, float], batch: int, stage: str) -> float:
-    """One frame's share of a stage's ms: render and encode are the frame's own, the other stages
-    ran once for its micro-batch of `batch` frames."""
-    ms = timings.get(stage, 0.0)
-    return ms if stage in ("render", "encode") else ms / batch
-
-
-class StageTimer:
-    """Wall-clock laps in ms; with `sync`, waits for the device first so each lap is its own."""
-
-    def __init__(self, device: torch.device, sync: bool) -> None:
-        self.sync = sync and device.type == "cuda"
-        self.device = device
-        self.times: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        if self.sync:
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.times[stage] = self.times.get(stage, 0.0) + (now - self._last) * 1000
-        self._last = now
-
-
-@dataclass
-class StreamState:
-    """What one stream of frames remembers: its detection interval, its temporal stage, the
-    frames it has had, the last detected frame's detections (on the device) and the previous
-    frame's poses (host tensors) with their detector scores, for the frames between
-    detections."""
-
-    det_every: int = 1
-    temporal: Temporal | None = None
-    previous: FramePoses | None = None
-    previous_box_scores: Tensor | None = None
-    frames: int = 0
-    detected: Detections | None = None
-    detected_frame: int = 0
-
-    def reset(self) -> None:
-        """Forget previous frames (a new video)."""
-        self.previous = None
-        self.previous_box_scores = None
-        self.frames = 0
-        self.detected = None
-        if self.temporal is not None and hasattr(self.temporal, "reset"):
-            self.temporal.reset()
-
-    def needs_detection(self, ahead: int = 0) -> bool:
-        """Whether the frame `ahead` frames after the next one is a detected frame. The next one
-        is also detected when there is nothing to take boxes from."""
-        if (self.frames + ahead) % self.det_every == 0:
-            return True
-        nothing = self.detected is None or self.previous is None or not len(self.previous)
-        return ahead == 0 and nothing
-
-    def batch_length(self, size: int) -> int:
-        """Frames for the next micro-batch of about `size`: through a detected frame, so the
-        frames before it take boxes from the detections on either side."""
-        end = self.frames + size - 1
-        return -(-end // self.det_every) * self.det_every - self.frames + 1
 
 
 class PosePipeline:
@@ -266,7 +182,7 @@ class PosePipeline:
         timer = StageTimer(self.device, self.config.sync_timing)
         pixels = self._upload([images[i] for i in group])  # (B, 3, H, W) uint8
         height, width = pixels.shape[-2:]
-        plan = _plan(states, group)
+        plan = plan_detections(states, group)
         detect = [i for i, (_, _, source) in zip(group, plan, strict=True) if source is None]
         found = {}
         for i, dets in zip(detect, self._detect(pixels, images, group, detect), strict=True):
@@ -387,27 +303,6 @@ def _boxes_from_poses(
     return boxes_from_keypoints(
         state.previous.keypoints, config.box_keypoint_threshold, image_size=size
     )
-
-
-def _plan(states: list[StreamState], group: list[int]) -> list[tuple[int, int, int | None]]:
-    """Per frame of `group`: (its number in its stream, the number of its stream's next detected
-    frame in the call, where its boxes come from): None to detect it, that next frame's index to
-    interpolate, -1 to predict them from the stream's tracks."""
-    plan: list[tuple[int, int, int | None]] = [(0, 0, None)] * len(group)
-    by_stream: dict[int, list[int]] = {}
-    for k, i in enumerate(group):
-        by_stream.setdefault(id(states[i]), []).append(k)
-    for ks in by_stream.values():
-        state = states[group[ks[0]]]
-        source, next_count = -1, 0
-        for j in reversed(range(len(ks))):
-            count = state.frames + j
-            if state.needs_detection(j) or (j == len(ks) - 1 and j > 0):
-                plan[ks[j]] = (count, count, None)
-                source, next_count = group[ks[j]], count
-            else:
-                plan[ks[j]] = (count, next_count, source)
-    return plan
 
 
 def _rgb(frame: Frame) -> np.ndarray:

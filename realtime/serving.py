@@ -31,7 +31,9 @@ from typing import Any, TypeVar
 from ccm.checkpoint import load_checkpoint
 from realtime.engine import EngineConfig, PoseEstimator
 from realtime.frames import Frame
-from realtime.pipeline import FrameResult, PipelineConfig, PosePipeline, StreamState
+from realtime.pipeline import PipelineConfig, PosePipeline
+from realtime.streams import StreamState
+from realtime.timing import FrameResult
 
 logger = logging.getLogger(__name__)
 

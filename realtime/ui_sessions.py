@@ -25,10 +25,10 @@ configure_offline()  # before gradio is imported: no analytics, no version check
 import gradio as gr  # noqa: E402
 
 from realtime.frames import Frame  # noqa: E402
-from realtime.pipeline import StreamState  # noqa: E402
 from realtime.render import render_frame  # noqa: E402
 from realtime.serving import EngineCache, ServedStream, ServerBusy, ServingWorker  # noqa: E402
 from realtime.sources import read_image  # noqa: E402
+from realtime.streams import StreamState  # noqa: E402
 from realtime.temporal import TemporalConfig, TemporalFusion  # noqa: E402
 from realtime.ui_media import plain_reason  # noqa: E402
 from realtime.ui_settings import Controls, UiConfig, describe, pose_choices  # noqa: E402

@@ -22,9 +22,10 @@ import numpy as np
 
 from ccm.poses import FramePoses
 from realtime.frames import Frame
-from realtime.pipeline import FrameResult, PosePipeline
+from realtime.pipeline import PosePipeline
 from realtime.sinks import JsonlWriter, Mp4Writer
 from realtime.sources import open_source
+from realtime.timing import FrameResult
 
 logger = logging.getLogger(__name__)
 

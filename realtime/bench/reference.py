@@ -13,7 +13,7 @@ from ccm.poses import FramePoses
 from realtime.detector import DetectorConfig, shipped_model_yaml
 from realtime.frames import Frame
 from realtime.no_network import configure_offline
-from realtime.pipeline import FrameResult
+from realtime.timing import FrameResult
 
 REFERENCE_SPEED = ("preprocess", "inference", "postprocess")
 

@@ -27,7 +27,8 @@ from realtime.assemble import PipelineSpec, default_pose_checkpoint
 from realtime.bench.config import BenchConfig
 from realtime.bench.frames import ClipLoop, PeopleOverride
 from realtime.bench.reference import REFERENCE_SPEED, YoloPoseReference
-from realtime.pipeline import STAGES, PosePipeline, frame_share
+from realtime.pipeline import PosePipeline
+from realtime.timing import STAGES, frame_share
 
 
 @dataclass

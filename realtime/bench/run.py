@@ -56,9 +56,10 @@ from realtime.bench.report import (
     reference_report,
 )
 from realtime.frames import Frame
-from realtime.pipeline import FrameResult, PosePipeline
+from realtime.pipeline import PosePipeline
 from realtime.render import render_frame
 from realtime.sinks import JsonlWriter, Mp4Writer
+from realtime.timing import FrameResult
 from realtime.videos import OutputWorker
 
 logger = logging.getLogger(__name__)

@@ -29,8 +29,9 @@ from realtime.bench.frames import PeopleOverride, load_ground_truth_boxes, tiled
 from realtime.bench.run import run_benchmark  # noqa: E402
 from realtime.detector import Detections, DetectorConfig  # noqa: E402
 from realtime.frames import Frame  # noqa: E402
-from realtime.pipeline import STAGES, PipelineConfig, PosePipeline  # noqa: E402
+from realtime.pipeline import PipelineConfig, PosePipeline  # noqa: E402
 from realtime.samples import VTEST_SHORT  # noqa: E402
+from realtime.timing import STAGES  # noqa: E402
 from train.synthetic.videos import VideoConfig, generate_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import torch
 from ccm.poses import FramePoses
 from realtime.images import COCO_IMAGES_FILE, COCO_RESULTS_FILE, POSES_FILE, process_images
 from realtime.inputs import IMAGE_SUFFIXES, expand_inputs
-from realtime.pipeline import FrameResult
 from realtime.render import render_frame
+from realtime.timing import FrameResult
 
 
 class SquarePoser:

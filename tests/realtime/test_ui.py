@@ -25,8 +25,8 @@ from ui_server import free_port, tiny_options
 
 from realtime.assemble import PipelineSpec, build_pipeline
 from realtime.frames import Frame
-from realtime.pipeline import StreamState
 from realtime.serving import EngineCache, ServerBusy
+from realtime.streams import StreamState
 from realtime.ui import (
     DEFAULT_PORT,
     TAB_TITLES,

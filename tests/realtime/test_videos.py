@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from ccm.poses import FramePoses
-from realtime.pipeline import FrameResult
 from realtime.render import render_frame
+from realtime.timing import FrameResult
 from realtime.videos import describe_error, output_paths, partial_paths, process_video
 
 

@@ -1,0 +1,76 @@
+"""What one stream of frames (a video, a browser session) remembers between micro-batches, and
+which of its frames are detected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ccm.poses import FramePoses
+from realtime.detector import Detections
+
+Temporal = Callable[[FramePoses], FramePoses]
+
+
+@dataclass
+class StreamState:
+    """What one stream of frames remembers: its detection interval, its temporal stage, the
+    frames it has had, the last detected frame's detections (on the device) and the previous
+    frame's poses (host tensors) with their detector scores, for the frames between
+    detections."""
+
+    det_every: int = 1
+    temporal: Temporal | None = None
+    previous: FramePoses | None = None
+    previous_box_scores: Tensor | None = None
+    frames: int = 0
+    detected: Detections | None = None
+    detected_frame: int = 0
+
+    def reset(self) -> None:
+        """Forget previous frames (a new video)."""
+        self.previous = None
+        self.previous_box_scores = None
+        self.frames = 0
+        self.detected = None
+        if self.temporal is not None and hasattr(self.temporal, "reset"):
+            self.temporal.reset()
+
+    def needs_detection(self, ahead: int = 0) -> bool:
+        """Whether the frame `ahead` frames after the next one is a detected frame. The next one
+        is also detected when there is nothing to take boxes from."""
+        if (self.frames + ahead) % self.det_every == 0:
+            return True
+        nothing = self.detected is None or self.previous is None or not len(self.previous)
+        return ahead == 0 and nothing
+
+    def batch_length(self, size: int) -> int:
+        """Frames for the next micro-batch of about `size`: through a detected frame, so the
+        frames before it take boxes from the detections on either side."""
+        end = self.frames + size - 1
+        return -(-end // self.det_every) * self.det_every - self.frames + 1
+
+
+def plan_detections(
+    states: list[StreamState], group: list[int]
+) -> list[tuple[int, int, int | None]]:
+    """Per frame of `group`: (its number in its stream, the number of its stream's next detected
+    frame in the call, where its boxes come from): None to detect it, that next frame's index to
+    interpolate, -1 to predict them from the stream's tracks."""
+    plan: list[tuple[int, int, int | None]] = [(0, 0, None)] * len(group)
+    by_stream: dict[int, list[int]] = {}
+    for k, i in enumerate(group):
+        by_stream.setdefault(id(states[i]), []).append(k)
+    for ks in by_stream.values():
+        state = states[group[ks[0]]]
+        source, next_count = -1, 0
+        for j in reversed(range(len(ks))):
+            count = state.frames + j
+            if state.needs_detection(j) or (j == len(ks) - 1 and j > 0):
+                plan[ks[j]] = (count, count, None)
+                source, next_count = group[ks[j]], count
+            else:
+                plan[ks[j]] = (count, next_count, source)
+    return plan
