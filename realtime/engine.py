@@ -6,10 +6,10 @@
 `PoseEstimator` owns everything between the detector and the poses: batched crops (and their
 mirror images for the flip test, in the same batch), the network on one of three backends, and
 the one `ccm.codec.HeatmapCodec` chain from heatmaps to image keypoints. The backends are `eager`,
-`compile` (torch.compile; CUDA graphs on GPU) and `tensorrt` (torch-tensorrt, one engine with a
-dynamic batch profile, cached on disk). People are run in chunks of at most the largest bucket,
-each padded up to a fixed bucket, so a compiled graph never meets a new shape; compiled backends
-warm every bucket up when they are built, so nothing compiles mid-stream.
+`compile` (torch.compile; CUDA graphs on GPU) and `tensorrt` (`realtime.tensorrt_engine`: one
+engine with a dynamic batch profile, cached on disk). People are run in chunks of at most the
+largest bucket, each padded up to a fixed bucket, so a compiled graph never meets a new shape;
+compiled backends warm every bucket up when they are built, so nothing compiles mid-stream.
 
 Crop geometry is float32 whatever the network's precision: the sampling grid is built and the
 frame sampled in float32, and only the normalised crops are cast (fp16 centres would put crops
@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
-import inspect
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -323,7 +321,9 @@ class PoseEstimator:
                 return torch.compile(network, dynamic=True)
             # CUDA graphs remove per-kernel launch overhead; buckets keep the shapes static.
             return torch.compile(network, mode="reduce-overhead", dynamic=False)
-        return _tensorrt_module(network, self.pose, self.config, self.crops_per_person)
+        from realtime.tensorrt_engine import tensorrt_module  # optional: torch-tensorrt
+
+        return tensorrt_module(network, self.pose, self.config, self.crops_per_person)
 
 
 def _cpu_crops(
@@ -384,64 +384,3 @@ def _allow_recompiles(buckets: int) -> None:
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), 8 * buckets))
-
-
-def tensorrt_cache_key(
-    model: nn.Module, pose: PoseConfig, dtype: torch.dtype, device: str, max_batch: int
-) -> str:
-    """What a cached TensorRT engine depends on: weights, input size, batch range, precision,
-    GPU model and the torch / torch-tensorrt / TensorRT versions."""
-    import tensorrt
-    import torch_tensorrt
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    gpu = torch.cuda.get_device_name(torch.device(device)).replace(" ", "_")
-    h, w = pose.input_size
-    return (
-        f"{pose.arch}-{h}x{w}-b1-{max_batch}-{str(dtype).removeprefix('torch.')}-{gpu}-"
-        f"torch{torch.__version__}-trt{torch_tensorrt.__version__}-tensorrt{tensorrt.__version__}-"
-        f"{digest.hexdigest()[:16]}"
-    )
-
-
-def _tensorrt_module(
-    model: nn.Module, pose: PoseConfig, config: EngineConfig, per_person: int
-) -> nn.Module:
-    """Compile the network with torch-tensorrt (dynamic batch), reusing a cached engine."""
-    try:
-        import torch_tensorrt
-    except ImportError as err:
-        raise RuntimeError(
-            "the tensorrt backend needs torch-tensorrt: pip install 'ccm-pose[tensorrt]'"
-        ) from err
-    h, w = pose.input_size
-    max_batch = config.batch_buckets[-1] * per_person
-    dtype = torch.float16 if config.resolved_precision == "fp16" else torch.float32
-    tag = tensorrt_cache_key(model, pose, dtype, config.device, max_batch)
-    cache_dir = Path(config.cache_dir or Path.home() / ".cache" / "ccm-pose" / "tensorrt")
-    path = cache_dir / f"{tag}.ep"
-    if path.is_file():
-        logger.info("loading TensorRT engine %s", path)
-        return torch.export.load(str(path)).module()
-    spec = torch_tensorrt.Input(
-        min_shape=(1, 3, h, w), opt_shape=(min(8 * per_person, max_batch), 3, h, w),
-        max_shape=(max_batch, 3, h, w), dtype=dtype,
-    )  # fmt: skip
-    logger.info("building TensorRT engine %s (minutes, once)", tag)
-    trt = torch_tensorrt.compile(
-        model, ir="dynamo", inputs=[spec], enabled_precisions={dtype}, min_block_size=1
-    )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Saved with its dynamic batch dimension, so the reloaded engine takes every bucket.
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    arg = next(iter(inspect.signature(model.forward).parameters))
-    example = torch.zeros(
-        min(2 * per_person, max_batch), 3, h, w, device=config.device, dtype=dtype
-    )
-    part = path.with_suffix(".part")
-    torch_tensorrt.save(trt, str(part), arg_inputs=[example], dynamic_shapes={arg: {0: batch}})
-    part.replace(path)
-    return trt

@@ -248,7 +248,7 @@ def test_tensorrt_cache_key_changes_with_weights_precision_gpu_and_versions(monk
     import sys
     import types
 
-    from realtime.engine import tensorrt_cache_key
+    from realtime.tensorrt_engine import tensorrt_cache_key
 
     versions = {"tensorrt": "10.9.0", "torch_tensorrt": "2.14.0"}
     for name, version in versions.items():
