@@ -37,6 +37,7 @@ from ccm.checkpoint import PoseConfig
 from ccm.fold import fold_batch_norms
 from ccm.geometry import box_to_center_scale, grid_to_image_matrix, warp_crops
 from ccm.refine import DECODE_METHODS
+from realtime.cpu_fusion import FusedConv, fuse_activations
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,11 @@ class PoseEstimator:
             network = network.to(self.dtype)
         if self.device.type == "cpu":  # oneDNN's fast convolutions are channels-last
             network = network.to(memory_format=torch.channels_last)
+            if config.backend == "eager":  # torch.compile fuses on its own
+                example = torch.randn(2, 3, *pose.input_size).to(self.dtype)
+                example = example.contiguous(memory_format=torch.channels_last)
+                network = fuse_activations(network, example)
+        self.fused = any(isinstance(m, FusedConv) for m in network.modules())
         decoder = _Decoder(self.codec, config.flip_test)
         if config.backend == "eager":
             self._network, self._decode = network, decoder
@@ -186,6 +192,7 @@ class PoseEstimator:
             "bf16_hardware": cpu_has_bf16() if self.device.type == "cpu" else None,
             "channels_last": self.device.type == "cpu",
             "batch_norms_folded": self.folded,
+            "activations_fused": self.fused,
             "flip_test": self.config.flip_test,
             "decoder": self.config.decoder,
             "blur_kernel": self.config.blur_kernel,

@@ -316,3 +316,17 @@ def test_uint8_cpu_frames_are_cut_as_the_float_warp_cuts_them():
     as_uint8 = est(image.round().clamp(0, 255).to(torch.uint8), boxes)
     # OpenCV's fixed-point warp places its samples to 1/32 px: keypoints agree to 0.03 px.
     torch.testing.assert_close(as_uint8, est(image.round().clamp(0, 255), boxes), rtol=0, atol=0.03)
+
+
+def test_cpu_eager_fuses_the_activations_and_keeps_the_keypoints(monkeypatch):
+    import realtime.engine as engine_module
+
+    torch.manual_seed(0)
+    model = POSE.build_model().eval()
+    frame, box = blob_frame([(200.0, 180.0)]), torch.tensor([[150.0, 100.0, 250.0, 260.0]])
+    fused = PoseEstimator(model, POSE, EngineConfig(precision="fp32"))
+    assert fused.describe()["activations_fused"] is True
+    monkeypatch.setattr(engine_module, "fuse_activations", lambda network, example: network)
+    plain = PoseEstimator(model, POSE, EngineConfig(precision="fp32"))
+    assert plain.describe()["activations_fused"] is False
+    torch.testing.assert_close(fused(frame, box), plain(frame, box), rtol=0, atol=1e-3)
