@@ -95,7 +95,8 @@ class ContextMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         se, hdc, res = self.forward_branches(x)
-        return F.relu(se * hdc + res)  # Eq. (1), plus the ReLU on each CM's output
+        # Eq. (1), plus the ReLU on each CM's output; one pass for the product and sum.
+        return torch.addcmul(res, se, hdc).relu_()
 
 
 class CascadedDecoder(nn.Module):
