@@ -113,7 +113,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
         default=None,
         help="run the detector every N frames: a file's frames in between take boxes "
         "interpolated from the detections on either side, a camera's boxes predicted from its "
-        f"tracks (default: every {FILE_DET_EVERY}rd frame of a file, every frame of a camera)",
+        f"tracks (default: every {FILE_DET_EVERY} frames for a file, every frame for a camera)",
     )
     detect.add_argument("--det-conf", type=float, default=0.3, help="detector confidence threshold")
     detect.add_argument("--det-iou", type=float, default=0.6, help="detector NMS IoU threshold")

@@ -115,11 +115,6 @@ def _fuse_in_place(module: nn.Module) -> int:
     return count
 
 
-def _main(output: Tensor | tuple | list) -> Tensor:
-    """A network's output, or the first of several (YOLO returns predictions and raw maps)."""
-    return (output[0] if isinstance(output, tuple | list) else output).float()
-
-
 def available() -> bool:
     """Whether this torch build has oneDNN's fused convolutions."""
     ops = torch.ops.mkldnn
@@ -140,21 +135,20 @@ def fuse_activations(model: nn.Module, example: Tensor, tolerance: float = 1e-2)
     count = _fuse_in_place(fused)
     if count == 0:
         return model
-    reference, output = _main(model(example)), _main(fused(example))
-    error = float((output - reference).abs().max() / reference.abs().max().clamp(min=1e-12))
-    if not error <= tolerance:
-        logger.warning("fusing activations changed the output by %.2g; running unfused", error)
-        return model
-    logger.debug("fused %d convolution + activation pairs (relative change %.2g)", count, error)
-    shapes: dict[FusedConv, list[int]] = {}
+    shapes: dict[FusedConv, list[int]] = {}  # each one's input, to pack its weight for
 
     def record(module: nn.Module, inputs: tuple[Tensor, ...], _: Tensor) -> None:
         shapes.setdefault(module, list(inputs[0].shape))
 
     hooks = [m.register_forward_hook(record) for m in fused.modules() if isinstance(m, FusedConv)]
-    fused(example)
+    reference, output = model(example).float(), fused(example).float()
     for hook in hooks:
         hook.remove()
+    error = float((output - reference).abs().max() / reference.abs().max().clamp(min=1e-12))
+    if not error <= tolerance:
+        logger.warning("fusing activations changed the output by %.2g; running unfused", error)
+        return model
+    logger.debug("fused %d convolution + activation pairs (relative change %.2g)", count, error)
     for module, shape in shapes.items():
         module.pack(shape)
     return fused
