@@ -21,26 +21,26 @@ import signal
 import sys
 from pathlib import Path
 
-from realtime.no_network import configure_offline
+from realtime.offline import configure_offline
 
 configure_offline()  # before ultralytics or gradio is imported
 
 from ccm.refine import DECODE_METHODS  # noqa: E402
-from realtime.assemble import PipelineSpec  # noqa: E402
-from realtime.detector import DetectorConfig  # noqa: E402
-from realtime.engine import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
-from realtime.pipeline import FILE_DET_EVERY, NMS_METHODS, PipelineConfig  # noqa: E402
-from realtime.samples import SYNTHETIC_WALK  # noqa: E402
-from realtime.temporal import METHODS as TEMPORAL_METHODS  # noqa: E402
-from realtime.temporal import TemporalConfig  # noqa: E402
-from realtime.usage import (  # noqa: E402
+from realtime.batch.usage import (  # noqa: E402
     Interrupted,
     UsageError,
     check_device,
     describe,
     install_signal_handlers,
 )
-from realtime.weights_cli import add_weights_commands  # noqa: E402
+from realtime.detect.detector import DetectorConfig  # noqa: E402
+from realtime.pose.estimator import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
+from realtime.samples import SYNTHETIC_WALK  # noqa: E402
+from realtime.stream.assemble import PipelineSpec  # noqa: E402
+from realtime.stream.pipeline import FILE_DET_EVERY, NMS_METHODS, PipelineConfig  # noqa: E402
+from realtime.temporal.fusion import METHODS as TEMPORAL_METHODS  # noqa: E402
+from realtime.temporal.fusion import TemporalConfig  # noqa: E402
+from realtime.weights.cli import add_weights_commands  # noqa: E402
 
 logger = logging.getLogger("ccm-pose")
 
@@ -176,20 +176,20 @@ def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
 
 
 def run_video(args: argparse.Namespace) -> int:
-    from realtime.files_cli import run_videos
+    from realtime.batch.cli import run_videos
 
     specs = args.inputs or [SYNTHETIC_WALK]
     return run_videos(specs, args.out, pipeline_options(args), skip_existing=args.skip_existing)
 
 
 def run_images(args: argparse.Namespace) -> int:
-    from realtime.files_cli import run_images
+    from realtime.batch.cli import run_images
 
     return run_images(args.inputs, args.out, pipeline_options(args))
 
 
 def run_ui(args: argparse.Namespace) -> int:
-    from realtime.ui import launch
+    from realtime.ui.page import launch
 
     launch(
         pipeline_options(args), port=args.port, share=args.share, max_upload_mb=args.max_upload_mb

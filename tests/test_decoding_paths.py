@@ -12,7 +12,7 @@ from torch import nn
 
 from ccm.checkpoint import PoseConfig
 from ccm.codec import encode_heatmaps
-from realtime.engine import EngineConfig, PoseEstimator
+from realtime.pose.estimator import EngineConfig, PoseEstimator
 from train.annotations import Instance
 from train.evaluate import EvalConfig, decode_poses, eval_loader, iter_heatmaps
 from train.pseudo_label import pseudo_label

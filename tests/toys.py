@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from realtime.engine import IMAGENET_MEAN, IMAGENET_STD
+from realtime.pose.estimator import IMAGENET_MEAN, IMAGENET_STD
 
 
 class DotFinder(nn.Module):

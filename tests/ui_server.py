@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from ccm.checkpoint import PoseConfig, save_checkpoint
-from realtime.assemble import PipelineSpec
-from realtime.detector import DetectorConfig
-from realtime.pipeline import PipelineConfig
+from realtime.detect.detector import DetectorConfig
+from realtime.stream.assemble import PipelineSpec
+from realtime.stream.pipeline import PipelineConfig
 
 
 def tiny_checkpoint(path: Path) -> Path:

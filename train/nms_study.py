@@ -44,7 +44,7 @@ def detect(data: Path, out: Path, conf: float = 0.05, iou: float = 0.7) -> int:
     """The demo detector's boxes on data/images/val -> COCO detection results; their count."""
     import cv2
 
-    from realtime.detector import DetectorConfig, PersonDetector
+    from realtime.detect.detector import DetectorConfig, PersonDetector
 
     detector = PersonDetector(
         DetectorConfig(weights="weights/demo-yolo11n-person.pt", conf=conf, iou=iou)

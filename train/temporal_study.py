@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ccm.poses import FramePoses
-from realtime.temporal import TemporalConfig, TemporalFusion
+from realtime.temporal.fusion import TemporalConfig, TemporalFusion
 from train.annotations import read_json
 from train.coco_metrics import coco_evaluate, format_table
 from train.synthetic.videos import MOTIONS, VideoConfig, generate_video

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from realtime.detector import Detections
-from realtime.frames import Frame
-from realtime.sources import open_source
+from realtime.detect.detector import Detections
+from realtime.io.frames import Frame
+from realtime.io.sources import open_source
 
 
 def tiled_boxes(count: int, height: int, width: int) -> Tensor:

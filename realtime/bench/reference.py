@@ -10,10 +10,10 @@ import cv2
 import torch
 
 from ccm.poses import FramePoses
-from realtime.detector import DetectorConfig, shipped_model_yaml
-from realtime.frames import Frame
-from realtime.no_network import configure_offline
-from realtime.timing import FrameResult
+from realtime.detect.detector import DetectorConfig, shipped_model_yaml
+from realtime.io.frames import Frame
+from realtime.offline import configure_offline
+from realtime.stream.results import FrameResult
 
 REFERENCE_SPEED = ("preprocess", "inference", "postprocess")
 

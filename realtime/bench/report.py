@@ -23,12 +23,12 @@ import cv2
 import numpy as np
 import torch
 
-from realtime.assemble import PipelineSpec, default_pose_checkpoint
 from realtime.bench.config import BenchConfig
 from realtime.bench.frames import ClipLoop, PeopleOverride
 from realtime.bench.reference import REFERENCE_SPEED, YoloPoseReference
-from realtime.pipeline import PosePipeline
-from realtime.timing import STAGES, frame_share
+from realtime.stream.assemble import PipelineSpec, default_pose_checkpoint
+from realtime.stream.pipeline import PosePipeline
+from realtime.stream.results import STAGES, frame_share
 
 
 @dataclass

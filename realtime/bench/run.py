@@ -44,7 +44,7 @@ from typing import Any, TextIO
 
 import torch
 
-from realtime.assemble import PipelineSpec, build_pipeline, resolve_device
+from realtime.batch.videos import OutputWorker
 from realtime.bench.config import BenchConfig
 from realtime.bench.frames import ClipLoop, PeopleOverride, load_ground_truth_boxes
 from realtime.bench.reference import YoloPoseReference, check_reference_weights
@@ -55,12 +55,12 @@ from realtime.bench.report import (
     plot_stages,
     reference_report,
 )
-from realtime.frames import Frame
-from realtime.pipeline import PosePipeline
+from realtime.io.frames import Frame
+from realtime.io.sinks import JsonlWriter, Mp4Writer
 from realtime.render import render_frame
-from realtime.sinks import JsonlWriter, Mp4Writer
-from realtime.timing import FrameResult
-from realtime.videos import OutputWorker
+from realtime.stream.assemble import PipelineSpec, build_pipeline, resolve_device
+from realtime.stream.pipeline import PosePipeline
+from realtime.stream.results import FrameResult
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import cv2
 
+from realtime.io.sinks import Mp4Writer
+from realtime.io.sources import VideoSource
 from realtime.samples import VTEST_SHORT
-from realtime.sinks import Mp4Writer
-from realtime.sources import VideoSource
 
 
 def make_sample(

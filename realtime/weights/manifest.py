@@ -2,7 +2,7 @@
 
 `weights/manifest.toml` lists every known checkpoint with its SHA-256 (full, or the 8-hex prefix
 its URL publishes), source, licence and AP. `realtime.weights.verify` checks the files in weights/
-against it, `realtime.weights.fetch` downloads and converts them, and `realtime.weights_cli` holds
+against it, `realtime.weights.fetch` downloads and converts them, and `realtime.weights.cli` holds
 the `python app.py weights ...` commands.
 """
 

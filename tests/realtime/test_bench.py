@@ -18,20 +18,20 @@ import numpy as np
 import pytest
 import torch
 
-from realtime.no_network import configure_offline
+from realtime.offline import configure_offline
 
 configure_offline()  # before anything imports ultralytics
 
 from ccm.checkpoint import PoseConfig, save_checkpoint  # noqa: E402
-from realtime.assemble import PipelineSpec, build_pipeline  # noqa: E402
 from realtime.bench.config import BenchConfig  # noqa: E402
 from realtime.bench.frames import PeopleOverride, load_ground_truth_boxes, tiled_boxes  # noqa: E402
 from realtime.bench.run import run_benchmark  # noqa: E402
-from realtime.detector import Detections, DetectorConfig  # noqa: E402
-from realtime.frames import Frame  # noqa: E402
-from realtime.pipeline import PipelineConfig, PosePipeline  # noqa: E402
+from realtime.detect.detector import Detections, DetectorConfig  # noqa: E402
+from realtime.io.frames import Frame  # noqa: E402
 from realtime.samples import VTEST_SHORT  # noqa: E402
-from realtime.timing import STAGES  # noqa: E402
+from realtime.stream.assemble import PipelineSpec, build_pipeline  # noqa: E402
+from realtime.stream.pipeline import PipelineConfig, PosePipeline  # noqa: E402
+from realtime.stream.results import STAGES  # noqa: E402
 from train.synthetic.videos import VideoConfig, generate_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from realtime import cpu_fusion
-from realtime.cpu_fusion import FusedConv, fuse_activations
+from realtime.pose import cpu_fusion
+from realtime.pose.cpu_fusion import FusedConv, fuse_activations
 
 pytestmark = pytest.mark.skipif(not cpu_fusion.available(), reason="needs oneDNN")
 

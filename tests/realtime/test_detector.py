@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from realtime.no_network import FONT_NAME, configure_offline
+from realtime.offline import FONT_NAME, configure_offline
 
 configure_offline()  # before anything imports ultralytics
 
-from realtime.detector import (  # noqa: E402
+from realtime.detect.detector import (  # noqa: E402
     Detections,
     DetectorConfig,
     PersonDetector,
@@ -111,7 +111,7 @@ def test_configure_offline_respects_user_values_and_installs_font(
     monkeypatch.delenv("YOLO_AUTOINSTALL", raising=False)
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "True")  # the user's explicit choice wins
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="realtime.no_network"):
+    with caplog.at_level(logging.WARNING, logger="realtime.offline"):
         folder = configure_offline()
     assert folder == tmp_path / "Ultralytics"
     assert os.environ["YOLO_OFFLINE"] == "1"
@@ -277,7 +277,7 @@ def test_configure_offline_keeps_torch_threads_and_the_users_omp_setting(
     probe = "import os, torch; print(torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))"
     plain = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     offline = subprocess.run(
-        [sys.executable, "-c", "from realtime.no_network import configure_offline\n"
+        [sys.executable, "-c", "from realtime.offline import configure_offline\n"
          "configure_offline()\n" + probe],
         env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from realtime.distributed import Ranks, gather, rank_device, ranks_from_env, shard
+from realtime.batch.distributed import Ranks, gather, rank_device, ranks_from_env, shard
 
 
 def test_ranks_from_torchrun_variables():

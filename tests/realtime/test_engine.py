@@ -6,7 +6,7 @@ from ccm.checkpoint import PoseConfig
 from ccm.codec import encode_heatmaps
 from ccm.geometry import crop_to_heatmap, grid_to_image
 from ccm.skeleton import flip_permutation
-from realtime.engine import EngineConfig, PoseEstimator
+from realtime.pose.estimator import EngineConfig, PoseEstimator
 
 SIZE = (128, 96)
 POSE = PoseConfig("ccm_mobilenetv2", input_size=SIZE)
@@ -248,7 +248,7 @@ def test_tensorrt_cache_key_changes_with_weights_precision_gpu_and_versions(monk
     import sys
     import types
 
-    from realtime.tensorrt_engine import tensorrt_cache_key
+    from realtime.pose.tensorrt import tensorrt_cache_key
 
     versions = {"tensorrt": "10.9.0", "torch_tensorrt": "2.14.0"}
     for name, version in versions.items():
@@ -276,7 +276,7 @@ def test_tensorrt_cache_key_changes_with_weights_precision_gpu_and_versions(monk
 
 
 def test_a_chunk_of_people_is_split_by_the_image_each_came_from():
-    from realtime.engine import _segments
+    from realtime.pose.estimator import _segments
 
     ends = [2, 2, 5, 9]  # image 1 has nobody; images 2 and 3 have 3 and 4 people
     assert _segments(ends, 0, 4) == [(0, 2), (2, 2)]
@@ -294,7 +294,7 @@ def test_a_chunk_of_people_is_split_by_the_image_each_came_from():
 
 def test_uint8_cpu_frames_are_cut_as_the_float_warp_cuts_them():
     from ccm.geometry import box_to_center_scale, warp_crops
-    from realtime.engine import _cpu_crops
+    from realtime.pose.estimator import _cpu_crops
 
     g = torch.Generator().manual_seed(3)
     frames = torch.randint(0, 256, (2, 3, 270, 480), generator=g, dtype=torch.uint8)
@@ -319,7 +319,7 @@ def test_uint8_cpu_frames_are_cut_as_the_float_warp_cuts_them():
 
 
 def test_cpu_eager_fuses_the_activations_and_keeps_the_keypoints(monkeypatch):
-    import realtime.engine as engine_module
+    import realtime.pose.estimator as engine_module
 
     torch.manual_seed(0)
     model = POSE.build_model().eval()

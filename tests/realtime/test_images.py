@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from ccm.poses import FramePoses
-from realtime.images import COCO_IMAGES_FILE, COCO_RESULTS_FILE, POSES_FILE, process_images
-from realtime.inputs import IMAGE_SUFFIXES, expand_inputs
+from realtime.batch.images import COCO_IMAGES_FILE, COCO_RESULTS_FILE, POSES_FILE, process_images
+from realtime.batch.inputs import IMAGE_SUFFIXES, expand_inputs
 from realtime.render import render_frame
-from realtime.timing import FrameResult
+from realtime.stream.results import FrameResult
 
 
 class SquarePoser:

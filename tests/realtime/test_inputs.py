@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs, natural_key
+from realtime.batch.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs, natural_key
 
 
 def _touch(root: Path, *names: str) -> None:

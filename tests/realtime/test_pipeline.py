@@ -12,10 +12,10 @@ from toys import DotFinder, SpreadFinder, blob_frame
 
 from ccm.checkpoint import PoseConfig
 from ccm.geometry import boxes_from_keypoints
-from realtime.engine import EngineConfig, PoseEstimator
-from realtime.frames import Frame
-from realtime.pipeline import PipelineConfig, PosePipeline
-from realtime.temporal import TemporalConfig, TemporalFusion
+from realtime.io.frames import Frame
+from realtime.pose.estimator import EngineConfig, PoseEstimator
+from realtime.stream.pipeline import PipelineConfig, PosePipeline
+from realtime.temporal.fusion import TemporalConfig, TemporalFusion
 
 POSE = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
 

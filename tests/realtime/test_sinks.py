@@ -19,8 +19,8 @@ from pycocotools.cocoeval import COCOeval
 
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS
-from realtime.atomic_files import remove_stale_parts
-from realtime.sinks import (
+from realtime.io.atomic_files import remove_stale_parts
+from realtime.io.sinks import (
     CocoResultsWriter,
     ImagePosesWriter,
     JsonlWriter,
@@ -28,7 +28,7 @@ from realtime.sinks import (
     write_image,
     write_json,
 )
-from realtime.sources import open_source
+from realtime.io.sources import open_source
 
 
 def _smooth_frame(i: int, height: int, width: int) -> np.ndarray:

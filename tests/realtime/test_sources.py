@@ -11,9 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime.frames import FrameSource, IncompleteVideoError
+from realtime.io.frames import FrameSource, IncompleteVideoError
+from realtime.io.sources import (
+    CameraSource,
+    ImageFolderSource,
+    VideoSource,
+    open_source,
+    read_image,
+)
 from realtime.samples import VTEST_SHORT
-from realtime.sources import CameraSource, ImageFolderSource, VideoSource, open_source, read_image
 
 CLIP_FRAMES = 50
 

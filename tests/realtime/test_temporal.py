@@ -28,9 +28,9 @@ import torch
 from ccm.geometry import boxes_from_keypoints
 from ccm.nms import oks
 from ccm.poses import FramePoses
-from realtime.kalman import KalmanConfig
-from realtime.smoothing import OneEuroConfig
-from realtime.temporal import TemporalConfig, TemporalFusion
+from realtime.temporal.fusion import TemporalConfig, TemporalFusion
+from realtime.temporal.kalman import KalmanConfig
+from realtime.temporal.smoothing import OneEuroConfig
 from train.synthetic.figures import project_figure
 from train.synthetic.scenes import Split, image_rng
 from train.synthetic.videos import VideoConfig, sample_tracks
@@ -486,7 +486,7 @@ def test_state_is_per_instance_and_reset_clears_it() -> None:
 def test_people_beyond_capacity_get_no_track(caplog: pytest.LogCaptureFixture) -> None:
     gt = _walkers(3, 0.12)
     fusion = TemporalFusion(TemporalConfig(max_tracks=2))
-    with caplog.at_level(logging.WARNING, logger="realtime.temporal"):
+    with caplog.at_level(logging.WARNING, logger="realtime.temporal.fusion"):
         for t in range(gt.shape[0]):
             out = fusion(_frame(t, t / FPS, gt[t], np.full((3, K), 0.9)))
             assert out.track_ids.tolist() == [0, 1, -1]
@@ -552,7 +552,7 @@ def test_cuda_matches_cpu_without_host_sync(method: str) -> None:
 
 
 def test_fused_joints_stay_within_one_box_size_of_the_persons_box():
-    from realtime.smoothing import within_reach
+    from realtime.temporal.smoothing import within_reach
 
     boxes = torch.tensor([[100.0, 50.0, 140.0, 130.0]])  # 40 x 80
     xy = torch.tensor([[[120.0, 90.0], [300.0, -200.0], [20.0, 500.0]]])

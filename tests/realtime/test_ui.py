@@ -23,11 +23,12 @@ import pytest
 from PIL import Image
 from ui_server import free_port, tiny_options
 
-from realtime.assemble import PipelineSpec, build_pipeline
-from realtime.frames import Frame
-from realtime.serving import EngineCache, ServerBusy
-from realtime.streams import StreamState
-from realtime.ui import (
+from realtime.io.frames import Frame
+from realtime.stream.assemble import PipelineSpec, build_pipeline
+from realtime.stream.serving import EngineCache, ServerBusy
+from realtime.stream.state import StreamState
+from realtime.ui.media import FileSweeper, plain_reason
+from realtime.ui.page import (
     DEFAULT_PORT,
     TAB_TITLES,
     TITLE,
@@ -37,11 +38,10 @@ from realtime.ui import (
     resolve_port,
     serve,
 )
-from realtime.ui_media import FileSweeper, plain_reason
-from realtime.ui_settings import Controls
+from realtime.ui.settings import Controls
 
 gradio_client = pytest.importorskip("gradio_client")
-from ultralytics.utils import ASSETS  # noqa: E402  (after realtime.ui set the offline switches)
+from ultralytics.utils import ASSETS  # noqa: E402  (after realtime.ui.page set the offline switches)
 
 BUS = ASSETS / "bus.jpg"
 WINDOW = (1280, 900)
@@ -367,7 +367,7 @@ def test_errors_read_without_server_paths_and_old_files_go(tmp_path):
 
 
 def test_a_webcam_beyond_the_limit_is_told_in_words(pipeline, options, tmp_path):
-    import gradio as gr  # here: realtime.ui set the offline switches before gradio loads
+    import gradio as gr  # here: realtime.ui.page set the offline switches before gradio loads
 
     app = make_app(pipeline, options, tmp_path, max_streams=1)
     frame = np.asarray(Image.open(BUS).convert("RGB").resize((160, 120)))

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from ui_server import free_port, tiny_options
 
-from realtime.assemble import build_pipeline
-from realtime.ui import UiConfig, build_ui, serve
+from realtime.stream.assemble import build_pipeline
+from realtime.ui.page import UiConfig, build_ui, serve
 
 sync_api = pytest.importorskip("playwright.sync_api")
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from ccm.poses import FramePoses
+from realtime.batch.videos import describe_error, output_paths, partial_paths, process_video
 from realtime.render import render_frame
-from realtime.timing import FrameResult
-from realtime.videos import describe_error, output_paths, partial_paths, process_video
+from realtime.stream.results import FrameResult
 
 
 class SquareFinder:

@@ -29,11 +29,11 @@ from ccm.checkpoint import (
     sha256_of,
 )
 from ccm.model import build_model, load_backbone_weights
-from realtime.assemble import default_detector_weights, default_pose_checkpoint
+from realtime.stream.assemble import default_detector_weights, default_pose_checkpoint
+from realtime.weights.cli import add_weights_commands
 from realtime.weights.fetch import fetch
 from realtime.weights.manifest import MANIFEST_PATH, load_manifest
 from realtime.weights.verify import best_present, entry_status
-from realtime.weights_cli import add_weights_commands
 
 SIZE = (64, 32)
 

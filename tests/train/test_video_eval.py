@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ccm.poses import FramePoses
+from realtime.io.sinks import JsonlWriter
 from realtime.samples import SYNTHETIC_WALK_GT
-from realtime.sinks import JsonlWriter
 from train.video_eval import (
     FRAME_STRIDE,
     evaluate_video,

@@ -1,4 +1,4 @@
-"""Per-keypoint Kalman fusion for the temporal stage (`realtime.temporal`, method "kalman").
+"""Per-keypoint Kalman fusion for the temporal stage (`realtime.temporal.fusion`, method "kalman").
 
 Pure batched torch functions on (N, K, ...) tensors, N people and K keypoints in image pixels;
 each keypoint is a constant-velocity Kalman filter whose x and y share one covariance. Lengths in

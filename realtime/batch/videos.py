@@ -1,6 +1,6 @@
 """Batch processing of video files: each input -> a rendered H.264 mp4 and a JSON Lines file.
 
-For an input named `sub/clip` (see `realtime.inputs`) the outputs are `OUT/sub/clip.mp4` and
+For an input named `sub/clip` (see `realtime.batch.inputs`) the outputs are `OUT/sub/clip.mp4` and
 `OUT/sub/clip.jsonl`, both written to a temp file and renamed only when the whole video
 succeeded: a video that fails part-way (a cut-off file, a decoder error, a full disk, Ctrl-C)
 leaves nothing under its final names. When the input itself breaks off, the frames before the
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from ccm.poses import FramePoses
-from realtime.frames import Frame
-from realtime.pipeline import PosePipeline
-from realtime.sinks import JsonlWriter, Mp4Writer
-from realtime.sources import open_source
-from realtime.timing import FrameResult
+from realtime.io.frames import Frame
+from realtime.io.sinks import JsonlWriter, Mp4Writer
+from realtime.io.sources import open_source
+from realtime.stream.pipeline import PosePipeline
+from realtime.stream.results import FrameResult
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Every source reads on a background thread into a small buffer and is consumed by iterating it:
 
-    with open_source("clip.mp4", realtime=False) as source:   # realtime.sources
+    with open_source("clip.mp4", realtime=False) as source:   # realtime.io.sources
         for frame in source:          # Frame: index, pts (s), RGB uint8 (H, W, 3)
             ...
 

@@ -1,6 +1,7 @@
 """The `tensorrt` backend of the pose stage: the network compiled by torch-tensorrt with a dynamic
 batch, and the on-disk cache of built engines (`~/.cache/ccm-pose/tensorrt`), keyed by everything
-an engine depends on. `realtime.engine` loads this module only when that backend is chosen."""
+an engine depends on. `realtime.pose.estimator` loads this module only when that backend is
+chosen."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from ccm.checkpoint import PoseConfig
-from realtime.engine import EngineConfig
+from realtime.pose.estimator import EngineConfig
 
 logger = logging.getLogger(__name__)
 

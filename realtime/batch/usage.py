@@ -16,8 +16,8 @@ import re
 import signal
 from pathlib import Path
 
-from realtime.assemble import PipelineSpec, build_pipeline
-from realtime.pipeline import PosePipeline
+from realtime.stream.assemble import PipelineSpec, build_pipeline
+from realtime.stream.pipeline import PosePipeline
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_pipeline(options: PipelineSpec) -> PosePipeline:
         raise
     except Exception as err:
         logger.debug("loading the models failed", exc_info=True)
-        if _raised_in(err, ("realtime/detector.py", "ultralytics")):
+        if _raised_in(err, ("realtime/detect/detector.py", "ultralytics")):
             flag = f"--detector {options.detector}" if options.detector else "the default detector"
             hint = "give YOLO detection weights (.pt) or a model .yaml"
         else:

@@ -4,7 +4,7 @@ rendered images.
 Every writer is a context manager that writes to a hidden temporary file next to its final
 path and renames it into place only when it closes cleanly; if the block raises, the temporary
 file is deleted. A crash therefore never leaves a truncated file under the final name
-(`realtime.atomic_files`).
+(`realtime.io.atomic_files`).
 
     with Mp4Writer("out/clip.mp4", fps=source.info.fps, audio=source.info.audio) as video, \\
          JsonlWriter("out/clip.jsonl") as poses_out:
@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 
 from ccm.poses import PIXEL_DECIMALS, SCORE_DECIMALS, FramePoses
-from realtime.atomic_files import AtomicPath
-from realtime.frames import AudioTrack
+from realtime.io.atomic_files import AtomicPath
+from realtime.io.frames import AudioTrack
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Writes into DIR:
 
 - `poses.jsonl`: one line per image read, in input order:
   `{"image": name, "width": W, "height": H, "poses": [...]}`, where `name` is the image's path
-  relative to the input root (see `realtime.inputs`) and the poses are the video schema's
+  relative to the input root (see `realtime.batch.inputs`) and the poses are the video schema's
   (`FramePoses.to_dict()["poses"]`, image pixels of the image as displayed, EXIF orientation
   applied). Without temporal fusion every track_id is -1.
 - `coco_results.json`: the same poses as COCO keypoint results (`COCO.loadRes` reads it); the
@@ -24,12 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from realtime.frames import Frame
-from realtime.inputs import InputFile
-from realtime.pipeline import PosePipeline
-from realtime.sinks import CocoResultsWriter, ImagePosesWriter, write_image, write_json
-from realtime.sources import read_image
-from realtime.videos import Renderer, describe_error
+from realtime.batch.inputs import InputFile
+from realtime.batch.videos import Renderer, describe_error
+from realtime.io.frames import Frame
+from realtime.io.sinks import CocoResultsWriter, ImagePosesWriter, write_image, write_json
+from realtime.io.sources import read_image
+from realtime.stream.pipeline import PosePipeline
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ through the stages together:
 `stream()` is the generator form over a frame source: a file in micro-batches of about
 `batch_size` frames that end on a detected frame, a live source one frame at a time.
 Each stream of frames (a video, a browser session) keeps its own `StreamState`
-(`realtime.streams`); the models are shared. Stage times are `realtime.timing`'s.
+(`realtime.stream.state`); the models are shared. Stage times are `realtime.stream.results`'s.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from ccm.geometry import boxes_from_keypoints
 from ccm.nms import rescore, suppress_duplicates
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_SIGMAS
-from realtime.detector import Detections, interpolate_detections
-from realtime.engine import PoseEstimator
-from realtime.frames import Frame
-from realtime.streams import StreamState, Temporal, plan_detections
-from realtime.timing import FrameResult, StageTimer
+from realtime.detect.detector import Detections, interpolate_detections
+from realtime.io.frames import Frame
+from realtime.pose.estimator import PoseEstimator
+from realtime.stream.results import FrameResult, StageTimer
+from realtime.stream.state import StreamState, Temporal, plan_detections
 
 NMS_METHODS = ("softnms", "oks", "none")
 FILE_DET_EVERY = 3  # det_every None: a file's frames are detected every 3rd, a camera's each

@@ -5,7 +5,7 @@ with progress bars, one line per input and one summary line; the exit code says 
     exit = run_images(["photos/"], Path("out"), options)     # 128 + signal number if stopped
 
 These are the command-line layer (tqdm, lines on stdout); the work itself is
-`realtime.videos.process_video` and `realtime.images.process_images`.
+`realtime.batch.videos.process_video` and `realtime.batch.images.process_images`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from realtime import distributed
-from realtime.assemble import PipelineSpec
-from realtime.atomic_files import remove_stale_parts
-from realtime.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, process_images
-from realtime.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
+from realtime.batch import distributed
+from realtime.batch.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, process_images
+from realtime.batch.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
+from realtime.batch.usage import Interrupted, UsageError, check_out_dir, load_pipeline
+from realtime.batch.videos import describe_error, process_video
+from realtime.io.atomic_files import remove_stale_parts
 from realtime.render import render_frame
-from realtime.temporal import TemporalConfig
-from realtime.usage import Interrupted, UsageError, check_out_dir, load_pipeline
-from realtime.videos import describe_error, process_video
+from realtime.stream.assemble import PipelineSpec
+from realtime.temporal.fusion import TemporalConfig
 
 logger = logging.getLogger(__name__)
 

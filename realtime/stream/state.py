@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ccm.poses import FramePoses
-from realtime.detector import Detections
+from realtime.detect.detector import Detections
 
 Temporal = Callable[[FramePoses], FramePoses]
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from realtime.engine import autocast
-from realtime.no_network import configure_offline
+from realtime.offline import configure_offline
+from realtime.pose.estimator import autocast
 
 log = logging.getLogger(__name__)
 

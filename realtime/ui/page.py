@@ -34,28 +34,28 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
-from realtime.no_network import configure_offline
+from realtime.offline import configure_offline
 
 configure_offline()  # before gradio is imported: no analytics, no version check
 
 import gradio as gr  # noqa: E402
 
-from realtime.assemble import (  # noqa: E402
+from realtime.stream.assemble import (  # noqa: E402
     PipelineSpec,
     build_pipeline,
     default_pose_checkpoint,
 )
-from realtime.pipeline import PosePipeline  # noqa: E402
-from realtime.serving import EngineCache  # noqa: E402
-from realtime.temporal import TemporalConfig  # noqa: E402
-from realtime.ui_media import (  # noqa: E402
+from realtime.stream.pipeline import PosePipeline  # noqa: E402
+from realtime.stream.serving import EngineCache  # noqa: E402
+from realtime.temporal.fusion import TemporalConfig  # noqa: E402
+from realtime.ui.media import (  # noqa: E402
     FileSweeper,
     local_image,
     local_video,
     memory_image,
 )
-from realtime.ui_sessions import PoseApp, Session  # noqa: E402
-from realtime.ui_settings import Controls, UiConfig, describe  # noqa: E402
+from realtime.ui.sessions import PoseApp, Session  # noqa: E402
+from realtime.ui.settings import Controls, UiConfig, describe  # noqa: E402
 
 __all__ = ["PoseApp", "Session", "UiConfig", "build_ui", "launch", "resolve_port", "serve"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ccm.refine import DECODE_METHODS
-from realtime.assemble import WEIGHTS_DIR
 from realtime.render import RenderConfig
-from realtime.serving import EngineCache
-from realtime.temporal import METHODS as TEMPORAL_METHODS
+from realtime.stream.serving import EngineCache
+from realtime.temporal.fusion import METHODS as TEMPORAL_METHODS
+from realtime.weights.manifest import WEIGHTS_DIR
 
 MAX_DET_EVERY = 30
 

@@ -4,7 +4,7 @@
         for frame in source:          # Frame: index, pts (s), RGB uint8 (H, W, 3)
             ...
 
-Each is a `realtime.frames.FrameSource`: a reader thread and a small buffer, in batch or realtime
+Each is a `realtime.io.frames.FrameSource`: a reader thread and a small buffer, in batch or realtime
 mode (see there), errors raised in the consumer.
 
 Frames come in the displayed orientation: a video's rotation tag (display matrix) and an
@@ -24,7 +24,7 @@ import av
 import cv2
 import numpy as np
 
-from realtime.frames import AudioTrack, Frame, FrameSource, IncompleteVideoError, SourceInfo
+from realtime.io.frames import AudioTrack, Frame, FrameSource, IncompleteVideoError, SourceInfo
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 `PoseEstimator` owns everything between the detector and the poses: batched crops (and their
 mirror images for the flip test, in the same batch), the network on one of three backends, and
 the one `ccm.codec.HeatmapCodec` chain from heatmaps to image keypoints. The backends are `eager`,
-`compile` (torch.compile; CUDA graphs on GPU) and `tensorrt` (`realtime.tensorrt_engine`: one
+`compile` (torch.compile; CUDA graphs on GPU) and `tensorrt` (`realtime.pose.tensorrt`: one
 engine with a dynamic batch profile, cached on disk). People are run in chunks of at most the
 largest bucket, each padded up to a fixed bucket, so a compiled graph never meets a new shape;
 compiled backends warm every bucket up when they are built, so nothing compiles mid-stream.
@@ -37,7 +37,7 @@ from ccm.checkpoint import PoseConfig
 from ccm.fold import fold_batch_norms
 from ccm.geometry import box_to_center_scale, grid_to_image_matrix, warp_crops
 from ccm.refine import DECODE_METHODS
-from realtime.cpu_fusion import FusedConv, fuse_activations
+from realtime.pose.cpu_fusion import FusedConv, fuse_activations
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class PoseEstimator:
                 return torch.compile(network, dynamic=True)
             # CUDA graphs remove per-kernel launch overhead; buckets keep the shapes static.
             return torch.compile(network, mode="reduce-overhead", dynamic=False)
-        from realtime.tensorrt_engine import tensorrt_module  # optional: torch-tensorrt
+        from realtime.pose.tensorrt import tensorrt_module  # optional: torch-tensorrt
 
         return tensorrt_module(network, self.pose, self.config, self.crops_per_person)
 

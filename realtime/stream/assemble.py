@@ -14,15 +14,14 @@ from pathlib import Path
 import torch
 
 from ccm.checkpoint import load_checkpoint
-from realtime.detector import DetectorConfig, PersonDetector
-from realtime.engine import EngineConfig, PoseEstimator
-from realtime.pipeline import PipelineConfig, PosePipeline
-from realtime.temporal import TemporalConfig, TemporalFusion
+from realtime.detect.detector import DetectorConfig, PersonDetector
+from realtime.pose.estimator import EngineConfig, PoseEstimator
+from realtime.stream.pipeline import PipelineConfig, PosePipeline
+from realtime.temporal.fusion import TemporalConfig, TemporalFusion
+from realtime.weights.manifest import WEIGHTS_DIR
 from realtime.weights.verify import select_detector_weights, select_pose_checkpoint
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The temporary name (`.clip.mp4.<pid>@<host>.<tag>.part`) records the process that writes it, so
 `remove_stale_parts` can delete what a killed run left behind without touching the files of a
-run still going (another rank of the same job, say). The writers of `realtime.sinks` use it.
+run still going (another rank of the same job, say). The writers of `realtime.io.sinks` use it.
 """
 
 from __future__ import annotations

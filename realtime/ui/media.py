@@ -23,7 +23,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from realtime.no_network import configure_offline
+from realtime.offline import configure_offline
 
 configure_offline()  # before gradio is imported: no analytics, no version check
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ccm.poses import FramePoses
-from realtime.frames import Frame
+from realtime.io.frames import Frame
 
 STAGES = ("decode", "detect", "crop", "pose", "refine", "fuse", "render", "encode")
 

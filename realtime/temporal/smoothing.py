@@ -1,9 +1,10 @@
 """Smoothing for the temporal stage: each track's poses fused over time (docs/temporal.md).
 
 `soft_nms_fuse` is temporal Soft-NMS fusion (Eq. (20) across frames), `kalman_fuse` the
-per-keypoint Kalman fusion (`realtime.kalman`), `one_euro_filter` the 1-euro filter; each takes
-a frame's detections with their tracks (`realtime.tracking`) and returns the x, y to show.
-`realtime.temporal` says which runs and how they fit together.
+per-keypoint Kalman fusion (`realtime.temporal.kalman`), `one_euro_filter` the 1-euro filter;
+each takes a frame's detections with their tracks (`realtime.temporal.tracking`) and returns
+the x, y to show.
+`realtime.temporal.fusion` says which runs and how they fit together.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import torch
 from torch import Tensor
 
 from ccm.nms import oks
-from realtime.kalman import (
+from realtime.temporal.kalman import (
     KalmanConfig,
     kalman_predict,
     kalman_update,
     measurement_variance,
     unswap,
 )
-from realtime.tracking import Tracks, TrackWindow, confident, scatter
+from realtime.temporal.tracking import Tracks, TrackWindow, confident, scatter
 
 
 @dataclass(frozen=True)

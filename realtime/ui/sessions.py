@@ -18,21 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from realtime.no_network import configure_offline
+from realtime.offline import configure_offline
 
 configure_offline()  # before gradio is imported: no analytics, no version check
 
 import gradio as gr  # noqa: E402
 
-from realtime.frames import Frame  # noqa: E402
+from realtime.batch.videos import process_video  # noqa: E402
+from realtime.io.frames import Frame  # noqa: E402
+from realtime.io.sources import read_image  # noqa: E402
 from realtime.render import render_frame  # noqa: E402
-from realtime.serving import EngineCache, ServedStream, ServerBusy, ServingWorker  # noqa: E402
-from realtime.sources import read_image  # noqa: E402
-from realtime.streams import StreamState  # noqa: E402
-from realtime.temporal import TemporalConfig, TemporalFusion  # noqa: E402
-from realtime.ui_media import plain_reason  # noqa: E402
-from realtime.ui_settings import Controls, UiConfig, describe, pose_choices  # noqa: E402
-from realtime.videos import process_video  # noqa: E402
+from realtime.stream.serving import EngineCache, ServedStream, ServerBusy, ServingWorker  # noqa: E402
+from realtime.stream.state import StreamState  # noqa: E402
+from realtime.temporal.fusion import TemporalConfig, TemporalFusion  # noqa: E402
+from realtime.ui.media import plain_reason  # noqa: E402
+from realtime.ui.settings import Controls, UiConfig, describe, pose_choices  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

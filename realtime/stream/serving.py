@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ccm.checkpoint import load_checkpoint
-from realtime.engine import EngineConfig, PoseEstimator
-from realtime.frames import Frame
-from realtime.pipeline import PipelineConfig, PosePipeline
-from realtime.streams import StreamState
-from realtime.timing import FrameResult
+from realtime.io.frames import Frame
+from realtime.pose.estimator import EngineConfig, PoseEstimator
+from realtime.stream.pipeline import PipelineConfig, PosePipeline
+from realtime.stream.results import FrameResult
+from realtime.stream.state import StreamState
 
 logger = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ except for the limbs "kalman" mirrors back, so do the keypoint scores: like
 `ccm.nms.soft_nms_fusion`, fusion moves locations. Time is each frame's pts in seconds, so
 variable frame rates work.
 
-Association lives in `realtime.tracking`, the fusion methods in `realtime.smoothing`; this module
-holds the stage's config and `TemporalFusion`, which runs them once per frame.
+Association lives in `realtime.temporal.tracking`, the fusion methods in
+`realtime.temporal.smoothing`; this module holds the stage's config and `TemporalFusion`,
+which runs them once per frame.
 """
 
 from __future__ import annotations
@@ -60,15 +61,15 @@ from torch import Tensor
 from ccm.geometry import boxes_from_keypoints
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_FLIP_PAIRS, COCO_SIGMAS, flip_permutation
-from realtime.kalman import COCO_LIMB_PAIRS, KalmanConfig
-from realtime.smoothing import (
+from realtime.temporal.kalman import COCO_LIMB_PAIRS, KalmanConfig
+from realtime.temporal.smoothing import (
     OneEuroConfig,
     kalman_fuse,
     one_euro_filter,
     soft_nms_fuse,
     within_reach,
 )
-from realtime.tracking import Tracks, associate, track_window, update_tracks
+from realtime.temporal.tracking import Tracks, associate, track_window, update_tracks
 
 log = logging.getLogger(__name__)
 
