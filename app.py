@@ -25,6 +25,7 @@ from realtime.offline import configure_offline
 
 configure_offline()  # before ultralytics or gradio is imported
 
+from ccm.nms import NMS_METHODS  # noqa: E402
 from ccm.refine import DECODE_METHODS  # noqa: E402
 from realtime.batch.usage import (  # noqa: E402
     Interrupted,
@@ -37,7 +38,7 @@ from realtime.detect.detector import DetectorConfig  # noqa: E402
 from realtime.pose.estimator import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
 from realtime.stream.assemble import PipelineSpec  # noqa: E402
-from realtime.stream.pipeline import FILE_DET_EVERY, NMS_METHODS, PipelineConfig  # noqa: E402
+from realtime.stream.pipeline import FILE_DET_EVERY, PipelineConfig  # noqa: E402
 from realtime.temporal.fusion import METHODS as TEMPORAL_METHODS  # noqa: E402
 from realtime.temporal.fusion import TemporalConfig  # noqa: E402
 from realtime.weights.cli import add_weights_commands  # noqa: E402

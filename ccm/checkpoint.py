@@ -16,6 +16,7 @@ are safetensors with the backbone's own key names, readable by
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -321,3 +322,11 @@ def _unsafe_globals(path: Path) -> str:
     except Exception:  # older or non-zip files: the names are only a courtesy
         return "non-tensor objects"
     return ", ".join(names[:4]) + (" ..." if len(names) > 4 else "") or "non-tensor objects"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """A model input size written "HxW" (256x192) -> (H, W), for command-line flags."""
+    match = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x192, got {text!r}")
+    return int(match.group(1)), int(match.group(2))

@@ -26,6 +26,8 @@ from ccm.skeleton import COCO_SIGMAS
 # pycocotools adds np.spacing(1) to the area so that a zero area does not divide by zero.
 _AREA_EPS = float(np.spacing(1))
 
+NMS_METHODS = ("softnms", "oks", "none")  # Soft-NMS fusion Eq. (20)-(21), plain OKS-NMS, off
+
 
 def _check_poses(name: str, poses: Tensor) -> None:
     if not isinstance(poses, Tensor) or poses.ndim != 3 or poses.shape[-1] != 3:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -154,3 +156,50 @@ class FramePoses:
             keypoints=np.array([p["keypoints"] for p in poses], dtype=np.float32).reshape(-1, k, 3),
             track_ids=np.array([p["track_id"] for p in poses], dtype=np.int64).reshape(-1),
         )
+
+
+def coco_keypoint_results(
+    image_ids: Array, keypoints: Array, scores: Array
+) -> list[dict[str, Any]]:
+    """People -> COCO keypoint results, the list `COCO.loadRes` reads:
+
+        [{"image_id": int, "category_id": 1, "keypoints": [x, y, s] * K, "score": float}]
+
+    `image_ids` (N,), `keypoints` (N, K, 3) x, y in image pixels and score, `scores` (N,);
+    rounded like the JSONL (`PIXEL_DECIMALS`, `SCORE_DECIMALS`). NaN or inf is refused."""
+    kpts = _as_numpy(keypoints).astype(np.float64)
+    kpts = np.concatenate(
+        [np.round(kpts[..., :2], PIXEL_DECIMALS), np.round(kpts[..., 2:], SCORE_DECIMALS)], axis=-1
+    ).reshape(len(kpts), -1)
+    scores = np.round(_as_numpy(scores).astype(np.float64), SCORE_DECIMALS)
+    if not (np.isfinite(kpts).all() and np.isfinite(scores).all()):
+        raise ValueError("NaN or inf keypoints or scores")
+    ids = _as_numpy(image_ids).tolist()
+    return [
+        {"image_id": int(i), "category_id": 1, "keypoints": k, "score": s}
+        for i, k, s in zip(ids, kpts.tolist(), scores.tolist(), strict=True)
+    ]
+
+
+def dump_json(data: Any, fh) -> None:
+    """`data` as one compact JSON document into the open text file `fh`; NaN is refused."""
+    json.dump(data, fh, separators=(",", ":"), allow_nan=False)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write `data` as one compact JSON document (`dump_json`), creating the folder; the file
+    appears complete or not at all (a temporary sibling renamed over `path`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "w", encoding="utf-8") as fh:
+            dump_json(data, fh)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def _as_numpy(array: Array) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from ccm.checkpoint import parse_size
 from train.augment import AugmentConfig
 from train.loop import BEST_CHECKPOINT, resume, train
 from train.run_config import AMP_MODES, DataConfig, TrainConfig, build_stages
@@ -33,17 +34,6 @@ DATA_LAYOUT = {
     "val_ann": "annotations/person_keypoints_val.json",
     "val_images": "images/val",
 }
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """ "256x192" -> (256, 192): crop height x width in pixels."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"size must be HxW such as 256x192, got {text!r}"
-        ) from None
-    return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:

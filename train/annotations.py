@@ -59,10 +59,6 @@ class Instance:
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; choose from {SOURCES}")
 
-    @property
-    def num_labelled(self) -> int:
-        return int((self.keypoints[:, 2] > 0).sum())
-
 
 def read_json(path: str | Path):
     """Parsed JSON of a file; FileNotFoundError / ValueError name the file."""

@@ -21,7 +21,6 @@ Prediction is split in two so that one network pass serves many refinement setti
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ccm.checkpoint import PoseConfig, load_checkpoint
-from ccm.nms import oks_nms, rescore, soft_nms_fusion
+from ccm.nms import NMS_METHODS, oks_nms, rescore, soft_nms_fusion
+from ccm.poses import coco_keypoint_results, write_json
 from ccm.refine import DECODE_METHODS
 from train.annotations import Instance, image_index, load_coco, load_detections
 from train.coco_metrics import (
@@ -46,7 +46,6 @@ from train.samples import TopDownDataset
 
 log = logging.getLogger(__name__)
 
-NMS_METHODS = ("softnms", "oks", "none")
 PERSON_CATEGORY = 1
 # Decode this many people at a time: DARK's log-heatmaps and padding copy every map.
 _DECODE_CHUNK = 1024
@@ -265,18 +264,7 @@ def suppress_duplicates(poses: Poses, method: str, threshold: float = 0.9) -> Po
 
 def coco_results(poses: Poses) -> list[dict]:
     """Poses -> COCO keypoint results: {"image_id", "category_id", "keypoints", "score"}."""
-    kpts = poses.keypoints.detach().cpu().double().numpy()
-    scores = poses.scores.detach().cpu().double().numpy()
-    ids = poses.image_id.detach().cpu().numpy()
-    return [
-        {
-            "image_id": int(image_id),
-            "category_id": PERSON_CATEGORY,
-            "keypoints": [round(float(v), 4) for v in kpts[i].reshape(-1)],
-            "score": round(float(scores[i]), 6),
-        }
-        for i, image_id in enumerate(ids)
-    ]
+    return coco_keypoint_results(poses.image_id, poses.keypoints, poses.scores)
 
 
 def poses_to_results(poses: Poses, config: EvalConfig) -> list[dict]:
@@ -321,13 +309,6 @@ def evaluate_model(
     metrics = coco_evaluate(ann_file, results)
     log.info("%s: %s", Path(ann_file).name, format_metrics_inline(metrics))
     return metrics
-
-
-def write_json(path: str | Path, obj) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
-    return path
 
 
 # ----------------------------------------------------------------------------- CLI

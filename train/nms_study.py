@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ccm.geometry import PADDING
 from ccm.nms import greedy_suppression, nms_similarity, oks, oks_nms, soft_nms_fusion
+from ccm.poses import coco_keypoint_results
 from train.coco_metrics import coco_evaluate, format_table
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
@@ -130,11 +131,7 @@ class Study:
         results = []
         for img, k, s, a in self.per_image():
             kept, scores = method(k, s, a, threshold)
-            for kp, score in zip(kept, scores, strict=True):
-                results.append(
-                    {"image_id": img, "category_id": 1, "keypoints": kp.reshape(-1).tolist(),
-                     "score": float(score)}
-                )  # fmt: skip
+            results += coco_keypoint_results([img] * len(kept), kept, scores)
         return 100 * coco_evaluate(self.gt, results)["AP"]
 
     def fused_sets(self, threshold: float) -> dict[str, float]:

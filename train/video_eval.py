@@ -36,7 +36,7 @@ import torch
 from pycocotools.coco import COCO
 
 from ccm.nms import oks
-from ccm.poses import FramePoses
+from ccm.poses import FramePoses, coco_keypoint_results
 from train.annotations import read_json
 from train.coco_metrics import METRICS, coco_evaluate, format_table, percent_cells
 
@@ -118,22 +118,9 @@ def coco_results(frames: Sequence[FramePoses], offset: int = 0) -> list[dict]:
     """Frames of poses -> COCO keypoint results; frame t is image `offset + t`."""
     results = []
     for poses in frames:
-        keypoints, scores = np.asarray(poses.keypoints), np.asarray(poses.scores)
-        for kpts, score in zip(keypoints, scores, strict=True):
-            results.append(
-                {
-                    "image_id": offset + poses.frame,
-                    "category_id": 1,
-                    "keypoints": kpts.reshape(-1).tolist(),
-                    "score": float(score),
-                }
-            )
+        ids = np.full(len(poses), offset + poses.frame)
+        results += coco_keypoint_results(ids, np.asarray(poses.keypoints), poses.scores)
     return results
-
-
-def read_results(path: str | Path, num_frames: int) -> list[dict]:
-    """`app.py video` JSON Lines -> COCO keypoint results; the file must cover every frame."""
-    return coco_results(read_poses(path, num_frames))
 
 
 def matched_trajectories(gt: dict, frames: Sequence[FramePoses]) -> tuple[np.ndarray, np.ndarray]:

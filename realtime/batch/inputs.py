@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from realtime.io.sources import IMAGE_SUFFIXES
+from realtime.io.sources import IMAGE_SUFFIXES, natural_key
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ExpandedInputs", "InputFile", "expand_inputs"]
 
@@ -63,17 +63,6 @@ class InputFile:
 class ExpandedInputs:
     files: list[InputFile] = field(default_factory=list)
     unmatched: list[tuple[str, str]] = field(default_factory=list)  # (argument, why)
-
-
-def natural_key(path: Path | str) -> tuple:
-    """Sort key so that img2.png comes before img10.png (path parts compared in turn, case
-    ignored, then the path as written to break ties)."""
-    text = Path(path).as_posix()
-    parts = tuple(
-        tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", part))
-        for part in PurePosixPath(text).parts
-    )
-    return parts, text
 
 
 def _walk(folder: Path, suffixes: frozenset[str]) -> list[Path]:

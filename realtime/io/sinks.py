@@ -26,7 +26,7 @@ import av
 import cv2
 import numpy as np
 
-from ccm.poses import PIXEL_DECIMALS, SCORE_DECIMALS, FramePoses
+from ccm.poses import FramePoses, coco_keypoint_results, dump_json
 from realtime.io.atomic_files import AtomicPath
 from realtime.io.frames import AudioTrack
 
@@ -309,7 +309,7 @@ def write_json(path: str | Path, data: Any) -> Path:
     file = AtomicPath(path)
     try:
         with open(file.temp, "x", encoding="utf-8") as fh:
-            json.dump(data, fh, separators=(",", ":"), allow_nan=False)
+            dump_json(data, fh)
         file.commit()
     except BaseException:
         file.discard()
@@ -348,21 +348,14 @@ class CocoResultsWriter(_AtomicTextWriter):
         if self._fh is None:
             raise ValueError(f"{self.path}: write after close")
         p = poses.numpy()
-        kpts = p.keypoints.astype(np.float64)
-        kpts = np.concatenate(
-            [np.round(kpts[..., :2], PIXEL_DECIMALS), np.round(kpts[..., 2:], SCORE_DECIMALS)],
-            axis=-1,
-        ).reshape(len(p), 3 * p.num_keypoints)
-        scores = np.round(p.scores.astype(np.float64), SCORE_DECIMALS)
-        if not (np.isfinite(kpts).all() and np.isfinite(scores).all()):
-            raise ValueError(f"{self.path}: image {image_id} has NaN or inf keypoints or scores")
-        for k, s in zip(kpts.tolist(), scores.tolist(), strict=True):
-            self._results.append(
-                {"image_id": int(image_id), "category_id": 1, "keypoints": k, "score": s}
-            )
+        try:
+            rows = coco_keypoint_results(np.full(len(p), image_id), p.keypoints, p.scores)
+        except ValueError as err:
+            raise ValueError(f"{self.path}: image {image_id}: {err}") from None
+        self._results.extend(rows)
 
     def __len__(self) -> int:
         return len(self._results)
 
     def _finish(self) -> None:
-        json.dump(self._results, self._fh, separators=(",", ":"))
+        dump_json(self._results, self._fh)

@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import av
 import cv2
@@ -170,9 +170,15 @@ def _audio_track(container: av.container.InputContainer, name: str) -> AudioTrac
     )
 
 
-def _natural_key(path: Path) -> list[int | str]:
-    """Sort key so that img2.png comes before img10.png."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+def natural_key(path: Path | str) -> tuple:
+    """Sort key so that img2.png comes before img10.png (path parts compared in turn, case
+    ignored, then the path as written to break ties)."""
+    text = Path(path).as_posix()
+    parts = tuple(
+        tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", part))
+        for part in PurePosixPath(text).parts
+    )
+    return parts, text
 
 
 # EXIF orientation (tag 0x0112) -> (counter-clockwise quarter turns, mirror first).
@@ -244,7 +250,7 @@ class ImageFolderSource(FrameSource):
             raise FileNotFoundError(f"image folder not found: {folder}")
         self._paths = sorted(
             (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-            key=_natural_key,
+            key=natural_key,
         )
         if not self._paths:
             raise ValueError(

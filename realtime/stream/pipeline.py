@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ccm.geometry import boxes_from_keypoints
-from ccm.nms import rescore, suppress_duplicates
+from ccm.nms import NMS_METHODS, rescore, suppress_duplicates
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_SIGMAS
 from realtime.detect.detector import Detections, interpolate_detections
@@ -42,7 +42,6 @@ from realtime.pose.estimator import PoseEstimator
 from realtime.stream.results import FrameResult, StageTimer
 from realtime.stream.state import StreamState, Temporal, plan_detections
 
-NMS_METHODS = ("softnms", "oks", "none")
 FILE_DET_EVERY = 3  # det_every None: a file's frames are detected every 3rd, a camera's each
 
 PeopleHook = Callable[[Frame, Detections], Detections]

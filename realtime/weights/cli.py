@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from pathlib import Path
 
-from ccm.checkpoint import read_checkpoint, save_backbone_weights, save_checkpoint, sha256_of
-from ccm.importers import LAYOUTS, POSE_LAYOUTS, import_backbone, import_pose_checkpoint
+from ccm.checkpoint import (
+    parse_size,
+    read_checkpoint,
+    save_backbone_weights,
+    save_checkpoint,
+    sha256_of,
+)
+from ccm.importers import import_backbone, import_pose_checkpoint
 from ccm.model import ARCHS
+from ccm.public_layouts import LAYOUTS, POSE_LAYOUTS
 from realtime.weights.fetch import fetch
 from realtime.weights.manifest import (
     WEIGHTS_DIR,
@@ -39,13 +45,6 @@ from realtime.weights.verify import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 256x192, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
 
 
 def add_weights_commands(subparsers: argparse._SubParsersAction) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ccm.checkpoint import check_hash_spec, hash_matches
 from ccm.geometry import HEATMAP_MAPPINGS
-from ccm.importers import BACKBONE_LAYOUTS, POSE_LAYOUTS, PublicTraining, guess_training
+from ccm.importers import PublicTraining, guess_training
 from ccm.model import ARCHS
+from ccm.public_layouts import BACKBONE_LAYOUTS, POSE_LAYOUTS
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 MANIFEST_PATH = WEIGHTS_DIR / "manifest.toml"

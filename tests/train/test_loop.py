@@ -15,7 +15,8 @@ from ccm.checkpoint import PoseConfig, load_checkpoint, save_checkpoint
 from ccm.model import build_model
 from train.__main__ import main
 from train.annotations import load_coco
-from train.loop import amp_dtype, build_training_model, resume, train, train_step
+from train.epoch import train_step
+from train.loop import amp_dtype, build_training_model, resume, train
 from train.loss import heatmap_mse, pose_loss
 from train.run_config import DataConfig, TrainConfig, build_stages, default_lr_steps, parse_schedule
 from train.samples import TopDownDataset

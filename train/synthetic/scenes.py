@@ -8,11 +8,9 @@ Coordinates are image pixels with pixel (row i, column j) centred at (x=j, y=i).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -301,8 +299,3 @@ def keypoint_list(kpts: np.ndarray) -> list[float | int]:
 
 def rounded(box) -> list[float]:
     return [round(float(v), 2) for v in box]
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, separators=(",", ":")))

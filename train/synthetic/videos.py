@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ccm.poses import write_json
 from train.synthetic.figures import Appearance, Figure, Proportions
 from train.synthetic.sampling import (
     sample_appearance,
@@ -28,7 +29,6 @@ from train.synthetic.scenes import (
     make_background,
     render_scene,
     rounded,
-    write_json,
 )
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ccm.poses import write_json
 from ccm.skeleton import COCO_KEYPOINTS, COCO_LIMBS
 from train.synthetic.figures import PARTS_PER_FIGURE
 from train.synthetic.scenes import (
@@ -35,7 +36,6 @@ from train.synthetic.scenes import (
     keypoint_list,
     render_image,
     rounded,
-    write_json,
 )
 from train.synthetic.videos import VideoConfig, VideoPaths, generate_video
 
