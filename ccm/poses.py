@@ -170,7 +170,7 @@ def coco_keypoint_results(
     kpts = _as_numpy(keypoints).astype(np.float64)
     kpts = np.concatenate(
         [np.round(kpts[..., :2], PIXEL_DECIMALS), np.round(kpts[..., 2:], SCORE_DECIMALS)], axis=-1
-    ).reshape(len(kpts), -1)
+    ).reshape(len(kpts), kpts.shape[1] * kpts.shape[2])
     scores = np.round(_as_numpy(scores).astype(np.float64), SCORE_DECIMALS)
     if not (np.isfinite(kpts).all() and np.isfinite(scores).all()):
         raise ValueError("NaN or inf keypoints or scores")

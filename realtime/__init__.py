@@ -1,0 +1,8 @@
+"""The streaming system, one package per stage of a frame's path:
+
+    io (source) -> detect -> pose -> temporal -> render -> io (sinks)
+
+`stream` runs that loop; `batch`, `ui` and `bench` are the three ways in (files, the browser,
+the benchmark); `weights` knows the checkpoints; `offline` keeps ultralytics and gradio off the
+network; `device` holds what every stage asks of the device.
+"""

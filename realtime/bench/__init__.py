@@ -1,0 +1,3 @@
+"""The FPS benchmark (`app.py bench`): `run_benchmark` (`run.py`) times every stage and the whole
+loop on a clip (`frames.py`), beside a YOLO-pose reference (`reference.py`), and writes a report
+and a chart (`report.py`)."""

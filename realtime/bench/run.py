@@ -42,8 +42,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
 from realtime.batch.videos import OutputWorker
 from realtime.bench.config import BenchConfig
 from realtime.bench.frames import ClipLoop, PeopleOverride, load_ground_truth_boxes
@@ -55,10 +53,11 @@ from realtime.bench.report import (
     plot_stages,
     reference_report,
 )
+from realtime.device import resolve_device
 from realtime.io.frames import Frame
 from realtime.io.sinks import JsonlWriter, Mp4Writer
 from realtime.render import render_frame
-from realtime.stream.assemble import PipelineSpec, build_pipeline, resolve_device
+from realtime.stream.assemble import PipelineSpec, build_pipeline
 from realtime.stream.pipeline import PosePipeline
 from realtime.stream.results import FrameResult
 
@@ -156,7 +155,7 @@ def run_benchmark(
     Writes `config.out/bench.json` and `config.out/bench.png`, writes the table to `table`
     (stdout by default) and returns the report (the JSON's content).
     """
-    device = torch.device(resolve_device(options.device))
+    device = resolve_device(options.device)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # a shared machine shows here
     latency_mode = config.mode == "latency"
     frames = ClipLoop(config.source, threaded=not latency_mode)

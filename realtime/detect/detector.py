@@ -22,15 +22,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import cv2
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from realtime.device import autocast, resolve_device
 from realtime.offline import configure_offline
-from realtime.pose.estimator import autocast
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ class Detections(NamedTuple):
 
     boxes: torch.Tensor
     scores: torch.Tensor
+
+
+class Detector(Protocol):
+    """A person detector as the pipeline calls it: `detect(images)` takes a batch of frames
+    already on `device`, (B, 3, H, W) uint8 RGB, and returns one `Detections` per frame, on that
+    device, in original image pixels."""
+
+    device: torch.device
+
+    def detect(self, images: torch.Tensor) -> list[Detections]: ...
 
 
 @dataclass(frozen=True)
@@ -92,16 +102,6 @@ class DetectorConfig:
             raise ValueError(f"max_det must be at least 1, got {self.max_det}")
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """`device`, or the first CUDA GPU when None and one exists, else the CPU."""
-    if device is None:
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda:0")
-    return resolved
-
-
 def shipped_model_yaml(name: str | Path) -> Path | None:
     """The model .yaml ultralytics ships under `name` ("yolo11n.yaml" -> .../yolo11.yaml), or None.
 
@@ -129,7 +129,7 @@ def _missing_weights_message(weights: str | Path) -> str:
     )
 
 
-class PersonDetector:
+class PersonDetector(Detector):
     """Ultralytics YOLO, class 0 only, on one device, fed device tensors.
 
     `detect(images)` takes frames already on the device (the pipeline's one upload) and runs

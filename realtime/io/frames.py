@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -154,7 +155,16 @@ class _FrameBuffer:
             return len(self._frames)
 
 
-class FrameSource:
+class FrameStream(Protocol):
+    """Frames in order, as the pipeline reads them; `realtime` says a live source, whose frames
+    are taken one at a time, the newest first (a file's go in micro-batches)."""
+
+    realtime: bool
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+
+class FrameSource(FrameStream):
     """Base of all sources: a reader thread feeding a `_FrameBuffer`; iterate to consume.
 
     Subclasses open their input in `__init__` (so a bad input fails there, on the caller's

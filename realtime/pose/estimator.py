@@ -19,9 +19,7 @@ the same affine maps: converting whole frames to float for `grid_sample` cost mo
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -37,6 +35,7 @@ from ccm.checkpoint import PoseConfig
 from ccm.fold import fold_batch_norms
 from ccm.geometry import box_to_center_scale, grid_to_image_matrix, warp_crops
 from ccm.refine import DECODE_METHODS
+from realtime.device import autocast, cpu_has_bf16, resolve_precision
 from realtime.pose.cpu_fusion import FusedConv, fuse_activations
 
 logger = logging.getLogger(__name__)
@@ -47,35 +46,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Lap = Callable[[str], None]  # a stage timer's `lap(stage)`
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix work natively (AMX or AVX512-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
-def resolve_precision(precision: str, device: str | torch.device, half: bool = False) -> str:
-    """ "auto" -> what suits the device: bf16 on a CPU with AMX / AVX512-BF16, else fp32 on the
-    CPU; on CUDA fp16 with `half`, else fp32. Any other value is returned as it is."""
-    if precision != "auto":
-        return precision
-    if half:
-        return "fp16"
-    cpu = torch.device(device).type == "cpu"
-    return "bf16" if cpu and cpu_has_bf16() else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context for `precision` ("bf16": convolutions and matmuls in bf16, the rest
-    in fp32), or a no-op."""
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ccm.checkpoint import load_checkpoint
 from realtime.detect.detector import DetectorConfig, PersonDetector
+from realtime.device import resolve_device
 from realtime.pose.estimator import EngineConfig, PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion
@@ -38,12 +37,6 @@ class PipelineSpec:
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def default_pose_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
     """The pose checkpoint to use when none is named: the present, verified one with the best AP.
 
@@ -63,7 +56,7 @@ def default_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
 def build_pipeline(options: PipelineSpec) -> PosePipeline:
     """Load the pose checkpoint and the detector, build (and warm up) the pose stage, wire the
     stages."""
-    device = resolve_device(options.device)
+    device = str(resolve_device(options.device))
     pose_path = options.pose or default_pose_checkpoint()
     model, pose_config = load_checkpoint(pose_path)
     logger.info(

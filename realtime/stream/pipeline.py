@@ -40,7 +40,8 @@ from realtime.detect.detector import Detections, interpolate_detections
 from realtime.io.frames import Frame
 from realtime.pose.estimator import PoseEstimator
 from realtime.stream.results import FrameResult, StageTimer
-from realtime.stream.state import StreamState, Temporal, plan_detections
+from realtime.stream.state import StreamState, plan_detections
+from realtime.temporal.stage import TemporalStage
 
 FILE_DET_EVERY = 3  # det_every None: a file's frames are detected every 3rd, a camera's each
 
@@ -83,7 +84,7 @@ class PosePipeline:
         self,
         detector,
         estimator: PoseEstimator,
-        temporal: Temporal | None = None,
+        temporal: TemporalStage | None = None,
         config: PipelineConfig = PipelineConfig(),
     ) -> None:
         self.detector = detector
@@ -95,10 +96,10 @@ class PosePipeline:
         self._pinned: dict[tuple, Tensor] = {}  # host staging buffers by shape
 
     @property
-    def temporal(self) -> Temporal | None:
+    def temporal(self) -> TemporalStage | None:
         return self.state.temporal
 
-    def new_stream(self, temporal: Temporal | None = None, det_every: int | None = None):
+    def new_stream(self, temporal: TemporalStage | None = None, det_every: int | None = None):
         """A fresh `StreamState` for another stream through the same models."""
         return StreamState(det_every or self.config.det_every or 1, temporal)
 
@@ -110,12 +111,11 @@ class PosePipeline:
         return self.process([frame], people=people)[0]
 
     def stream(
-        self, frames: Iterable[Frame], people: PeopleHook | None = None, live: bool | None = None
+        self, frames: Iterable[Frame], people: PeopleHook | None = None, live: bool = False
     ) -> Iterator[FrameResult]:
-        """Process frames as they come (a FrameSource, or any iterable of Frame): one at a time
-        when `live` (default: the source's `realtime`), else in micro-batches that end on a
-        detected frame; `decode` is the time spent waiting for the batch's frames."""
-        live = getattr(frames, "realtime", False) if live is None else live
+        """Process frames as they come: one at a time when `live` (pass a `FrameStream`'s
+        `realtime`), else in micro-batches that end on a detected frame; `decode` is the time
+        spent waiting for the batch's frames."""
         if self.config.det_every is None:
             self.state.det_every = 1 if live else FILE_DET_EVERY
         frames = iter(frames)
@@ -296,9 +296,8 @@ def _boxes_from_poses(
 ) -> Tensor:
     """Boxes for a frame without detection: the stream's last poses moved on by their tracks'
     motion where the temporal stage predicts it, else around the last poses as they were."""
-    predict = getattr(state.temporal, "predicted_boxes", None)
-    if predict is not None:
-        return predict(frame.pts, config.box_keypoint_threshold, image_size=size)
+    if state.temporal is not None:
+        return state.temporal.predicted_boxes(frame.pts, config.box_keypoint_threshold, size)
     return boxes_from_keypoints(
         state.previous.keypoints, config.box_keypoint_threshold, image_size=size
     )

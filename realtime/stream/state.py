@@ -3,15 +3,13 @@ which of its frames are detected."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from ccm.poses import FramePoses
 from realtime.detect.detector import Detections
-
-Temporal = Callable[[FramePoses], FramePoses]
+from realtime.temporal.stage import TemporalStage
 
 
 @dataclass
@@ -22,7 +20,7 @@ class StreamState:
     detections."""
 
     det_every: int = 1
-    temporal: Temporal | None = None
+    temporal: TemporalStage | None = None
     previous: FramePoses | None = None
     previous_box_scores: Tensor | None = None
     frames: int = 0
@@ -35,7 +33,7 @@ class StreamState:
         self.previous_box_scores = None
         self.frames = 0
         self.detected = None
-        if self.temporal is not None and hasattr(self.temporal, "reset"):
+        if self.temporal is not None:
             self.temporal.reset()
 
     def needs_detection(self, ahead: int = 0) -> bool:

@@ -1,10 +1,11 @@
 """The temporal stage: stable track ids and temporal fusion of each track's poses.
 
-`TemporalFusion` is called once per frame, right after the pose network, with that frame's
-`FramePoses` (boxes, scores, keypoints in image pixels, torch tensors on the pipeline's device,
-N may be 0) and returns the same people in the same order with `track_ids` filled in and the
-keypoint x, y smoothed over time. Every step is a batched torch op on the frame's device with no
-device->host sync, so the pipeline's one copy after this stage is the frame's only one.
+`TemporalFusion` (a `realtime.temporal.TemporalStage`) is called once per frame of a stream,
+after the pose stage and the pipeline's one device->host copy, with that frame's `FramePoses`
+(boxes, scores, keypoints in image pixels, N may be 0) and returns the same people in the same
+order with `track_ids` filled in and the keypoint x, y smoothed over time. Every step is a
+batched torch op over all tracks and people, with no Python loop over either, so it runs on
+whatever device the poses are on.
 
 Tracking. Each track keeps its last `window` raw estimates (image pixels, with their keypoint
 scores and ages in seconds) and a per-keypoint velocity: the least-squares slope of those
@@ -69,6 +70,7 @@ from realtime.temporal.smoothing import (
     soft_nms_fuse,
     within_reach,
 )
+from realtime.temporal.stage import TemporalStage
 from realtime.temporal.tracking import Tracks, associate, track_window, update_tracks
 
 log = logging.getLogger(__name__)
@@ -142,8 +144,8 @@ def _box_areas(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
-class TemporalFusion:
-    """Per-pipeline temporal state: `poses = fusion(poses)` once per frame, `reset()` per video."""
+class TemporalFusion(TemporalStage):
+    """One stream's temporal state: `poses = fusion(poses)` once per frame, `reset()` per video."""
 
     def __init__(self, config: TemporalConfig = TemporalConfig()) -> None:
         self.config = config
@@ -160,6 +162,10 @@ class TemporalFusion:
                 _group_matrix(k, config.swap_groups),
             )
         }
+
+    @property
+    def method(self) -> str:
+        return self.config.method
 
     def reset(self) -> None:
         """Forget every track; the next id is 0 again."""
@@ -215,8 +221,8 @@ class TemporalFusion:
         self,
         pts: float,
         score_thr: float = 0.3,
-        padding: float = 1.25,
         image_size: tuple[int, int] | None = None,
+        padding: float = 1.25,
     ) -> Tensor:
         """Boxes for a frame at `pts` seconds without detection (`--det-every`), from the tracks.
 

@@ -16,6 +16,7 @@ from realtime.io.frames import Frame
 from realtime.pose.estimator import EngineConfig, PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion
+from realtime.temporal.stage import TemporalStage
 
 POSE = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
 
@@ -232,16 +233,21 @@ def test_unused_config_value_is_refused():
 
 
 def test_frames_without_detection_take_the_boxes_the_temporal_stage_predicts():
-    class Predicting:
+    class Predicting(TemporalStage):
         """A temporal stage that passes poses through and predicts fixed boxes."""
+
+        method = "none"
 
         def __init__(self) -> None:
             self.asked: list[float] = []
 
+        def reset(self) -> None:
+            self.asked.clear()
+
         def __call__(self, poses):
             return poses
 
-        def predicted_boxes(self, pts, score_thr, image_size):
+        def predicted_boxes(self, pts, score_thr=0.3, image_size=None):
             self.asked.append(pts)  # one box per person of the last frame, moved on by 5 px
             return torch.tensor([box(x + 5, y) for x, y in POINTS])
 
