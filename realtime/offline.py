@@ -1,4 +1,4 @@
-"""Keep ultralytics and gradio off the network: call `configure_offline()` before importing either.
+"""Keep ultralytics and gradio off the network: `configure_offline()`, which `import realtime` runs.
 
 Both libraries read their switches from the environment when they are imported, so this module
 sets them with `os.environ.setdefault` (a value the user exported wins):

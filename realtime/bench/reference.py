@@ -12,7 +12,6 @@ import torch
 from ccm.poses import FramePoses
 from realtime.detect.detector import DetectorConfig, shipped_model_yaml
 from realtime.io.frames import Frame
-from realtime.offline import configure_offline
 from realtime.stream.results import FrameResult
 
 REFERENCE_SPEED = ("preprocess", "inference", "postprocess")
@@ -20,7 +19,6 @@ REFERENCE_SPEED = ("preprocess", "inference", "postprocess")
 
 def check_reference_weights(weights: str | Path) -> str:
     """`weights` as a string if it is a local file or a model yaml ultralytics ships."""
-    configure_offline()  # before ultralytics is imported
     name = str(weights)
     if "://" in name or not (Path(name).is_file() or shipped_model_yaml(name)):
         raise FileNotFoundError(
@@ -41,7 +39,6 @@ class YoloPoseReference:
     def __init__(
         self, weights: str | Path, device: torch.device, detection: DetectorConfig
     ) -> None:
-        configure_offline()  # before ultralytics is imported
         from ultralytics import YOLO
         from ultralytics.cfg import DEFAULT_CFG_DICT
 

@@ -30,7 +30,6 @@ import torch
 from torchvision.ops import box_iou
 
 from realtime.device import autocast, resolve_device
-from realtime.offline import configure_offline
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,6 @@ class PersonDetector(Detector):
     """
 
     def __init__(self, config: DetectorConfig) -> None:
-        configure_offline()  # before ultralytics is imported
         from ultralytics import YOLO
 
         self.config = config
