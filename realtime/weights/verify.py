@@ -250,9 +250,7 @@ def select_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
 
 
 def _warn_if_demo(entry: ManifestEntry) -> None:
+    # The one notice with the command to fetch real weights is logged where the pipeline is
+    # built (`realtime.stream.assemble`), once for the pose network and detector together.
     if entry.demo:
-        logger.warning(
-            "%s are demo weights, trained on synthetic figures only: expect poor results on real "
-            "footage (`python app.py weights list` shows the COCO checkpoints to fetch)",
-            entry.name,
-        )
+        logger.info("%s are demo weights, trained on synthetic figures only", entry.name)
