@@ -195,7 +195,6 @@ def select_pose_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
             best.entry.arch,
             best.entry.ap_text(),
         )
-        _warn_if_demo(best.entry)
         return best.path
     ranked = []
     for path in unlisted_files(weights_dir, manifest):
@@ -245,12 +244,4 @@ def select_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
         best.entry.name,
         best.entry.ap_text(),
     )
-    _warn_if_demo(best.entry)
     return best.path
-
-
-def _warn_if_demo(entry: ManifestEntry) -> None:
-    # The one notice with the command to fetch real weights is logged where the pipeline is
-    # built (`realtime.stream.assemble`), once for the pose network and detector together.
-    if entry.demo:
-        logger.info("%s are demo weights, trained on synthetic figures only", entry.name)

@@ -333,7 +333,7 @@ def test_demo_weights_come_after_every_real_checkpoint(tmp_path, tiny_checkpoint
     assert "demo weights" not in caplog.text
     (tmp_path / "coco.safetensors").unlink()
     assert default_pose_checkpoint(tmp_path) == tmp_path / "demo.safetensors"
-    assert "demo are demo weights, trained on synthetic figures only" in caplog.text
+    assert f"pose checkpoint: {tmp_path / 'demo.safetensors'} (demo, ccm_mobilenetv2" in caplog.text
 
 
 def test_detectors_are_picked_only_when_verified(tmp_path, server):
