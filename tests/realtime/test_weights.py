@@ -4,7 +4,6 @@ Downloads come from an http.server on 127.0.0.1 in a thread (with HTTP Range sup
 else touches the network.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import logging
@@ -14,9 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from range_server import RangeServer, serving
 from torch import nn
 from torchvision.models import mobilenet_v2
+from weights_fixtures import (
+    RangeServer,
+    direct_to_loopback,
+    run_cli,
+    serve_files,
+    write_manifest,
+)
 
 from ccm.checkpoint import (
     PoseConfig,
@@ -28,7 +33,6 @@ from ccm.checkpoint import (
 )
 from ccm.model import build_model, load_backbone_weights
 from realtime.stream.assemble import default_detector_weights, default_pose_checkpoint
-from realtime.weights.cli import add_weights_commands
 from realtime.weights.fetch import fetch
 from realtime.weights.manifest import MANIFEST_PATH, load_manifest
 from realtime.weights.verify import best_present, entry_status
@@ -37,51 +41,8 @@ SIZE = (64, 32)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-def write_manifest(folder: Path, *entries: dict) -> Path:
-    """A manifest.toml in `folder`; each entry gets the fields every entry needs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for entry in entries:
-        entry = {"url": "", "license": "Apache-2.0", "sha256": ""} | entry
-        lines.append("[[checkpoint]]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in entry.items()]
-        lines.append("")
-    path = folder / "manifest.toml"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def run_cli(*argv: str) -> int:
-    """`python app.py weights ...` as app.py's parser runs it."""
-    root = argparse.ArgumentParser(prog="app.py")
-    add_weights_commands(root.add_subparsers(dest="command", required=True))
-    args = root.parse_args(["weights", *argv])
-    return args.run(args)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with serving() as httpd:
-        yield httpd
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+server = pytest.fixture(scope="module")(serve_files)
+no_proxy = pytest.fixture(autouse=True)(direct_to_loopback)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """`weights fetch --recommended`, the demo-weights notice, and the page's fetch button.
 
-Every download comes from a loopback HTTP server started here (`range_server`), through a
+Every download comes from a loopback HTTP server started here (`weights_fixtures`), through a
 manifest in a temporary weights folder that names its files like the project's manifest does.
 """
 
@@ -14,12 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from range_server import RangeServer, serving
+from weights_fixtures import (
+    RangeServer,
+    direct_to_loopback,
+    run_cli,
+    serve_files,
+    write_manifest,
+)
 
 from ccm.checkpoint import load_checkpoint
 from ccm.model import build_model
 from realtime.offline import configure_offline
-from realtime.weights.cli import add_weights_commands
 from realtime.weights.manifest import WEIGHTS_DIR, load_manifest
 from realtime.weights.recommended import (
     DEMO_NOTICE,
@@ -41,29 +46,8 @@ DEMO_POSE = "demo-ccm-mobilenetv2-128x96.safetensors"
 DEMO_DETECTOR = "demo-yolo11n-person.pt"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with serving() as httpd:
-        yield httpd
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
+server = pytest.fixture(scope="module")(serve_files)
+no_proxy = pytest.fixture(autouse=True)(direct_to_loopback)
 
 
 @pytest.fixture(scope="module")
@@ -118,23 +102,9 @@ def _random_bytes(size: int, seed: int) -> bytes:
 
 
 def weights_folder(folder: Path, entries: dict[str, dict]) -> Path:
-    """`folder` with a manifest.toml of `entries` (no URL or hash where an entry has none)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for entry in entries.values():
-        lines.append("[[checkpoint]]")
-        full = {"url": "", "license": "Apache-2.0", "sha256": ""} | entry
-        lines += [f"{key} = {toml_value(value)}" for key, value in full.items()]
-        lines.append("")
-    (folder / "manifest.toml").write_text("\n".join(lines))
+    """`folder` with a manifest.toml of `entries`."""
+    write_manifest(folder, *entries.values())
     return folder
-
-
-def run_cli(*argv: str) -> int:
-    root = argparse.ArgumentParser(prog="app.py")
-    add_weights_commands(root.add_subparsers(dest="command", required=True))
-    args = root.parse_args(["weights", *argv])
-    return args.run(args)
 
 
 def test_the_recommendation_is_small_on_a_cpu_and_large_on_a_gpu():
