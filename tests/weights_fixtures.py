@@ -8,6 +8,7 @@ A test module makes the fixtures with `server = pytest.fixture(scope="module")(s
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import threading
 from collections.abc import Iterator
@@ -42,8 +43,17 @@ def write_manifest(folder: Path, *entries: dict) -> Path:
     return path
 
 
+def app_main(*argv: str) -> int:
+    """`python app.py ARGV...` in this process: app.py's `main`, its error handling included."""
+    spec = importlib.util.spec_from_file_location("app", Path(__file__).parents[1] / "app.py")
+    assert spec is not None and spec.loader is not None
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    return app.main(list(argv))
+
+
 def run_cli(*argv: str) -> int:
-    """`python app.py weights ...` as app.py's parser runs it."""
+    """`python app.py weights ...` as app.py's parser runs it (errors raise)."""
     root = argparse.ArgumentParser(prog="app.py")
     add_weights_commands(root.add_subparsers(dest="command", required=True))
     args = root.parse_args(["weights", *argv])

@@ -87,9 +87,10 @@ def add_weights_commands(subparsers: argparse._SubParsersAction) -> None:
         "machine (a small pose network on a CPU, a large one on a GPU)",
     )
     fetching.add_argument(
-        "--device",
-        help="with --recommended: the machine to choose for, cpu or cuda (default: cuda if "
-        "available)",
+        "--machine",
+        choices=("cpu", "gpu"),
+        help="with --recommended: the machine to choose for (default: this one, gpu when CUDA "
+        "is available)",
     )
     fetching.add_argument(
         "--trust", action="store_true", help="accept a file the manifest has no SHA-256 for"
@@ -181,11 +182,11 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 def run_fetch(args: argparse.Namespace) -> int:
     if (args.name is None) == (not args.recommended):
         raise ValueError("give either a NAME from `weights list` or --recommended")
-    if args.device is not None and not args.recommended:
-        raise ValueError("--device goes with --recommended")
+    if args.machine is not None and not args.recommended:
+        raise ValueError("--machine goes with --recommended")
     manifest = _manifest(args)
     if args.recommended:
-        chosen = recommendation(args.device)
+        chosen = recommendation(args.machine)
         print(f"recommended for this machine ({chosen.machine}): {chosen.why}")
         entries = [manifest.get(name) for name in chosen.names]
     else:

@@ -64,16 +64,17 @@ RECOMMENDED = {
 
 
 def recommendation(device: str | None = None) -> Recommendation:
-    """The pair for `device` ("cpu", "cuda", "cuda:N"; None: cuda when available)."""
+    """The pair for `device` ("cpu", "gpu", "cuda", "cuda:N"; None: this machine, gpu when CUDA
+    is available)."""
     if device is None:
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "gpu" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return RECOMMENDED["cpu"]
-    if device.startswith("cuda"):
+    if device == "gpu" or device.startswith("cuda"):
         return RECOMMENDED["gpu"]
-    raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    raise ValueError(f"device must be cpu, gpu, cuda or cuda:N, got {device!r}")
 
 
 def demo_entries(paths: Iterable[Path | str], manifest: Manifest) -> list[ManifestEntry]:

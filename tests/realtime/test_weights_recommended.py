@@ -16,6 +16,7 @@ import pytest
 import torch
 from weights_fixtures import (
     RangeServer,
+    app_main,
     direct_to_loopback,
     run_cli,
     serve_files,
@@ -110,7 +111,8 @@ def weights_folder(folder: Path, entries: dict[str, dict]) -> Path:
 def test_the_recommendation_is_small_on_a_cpu_and_large_on_a_gpu():
     assert recommendation("cpu").names == ("mmpose-mobilenetv2-256x192", "yolo11n")
     assert recommendation("cuda:1").names == ("mmpose-hrnet-w48-dark-384x288", "yolo11n")
-    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N, got 'mps'"):
+    assert recommendation("gpu") == recommendation("cuda") == RECOMMENDED["gpu"]
+    with pytest.raises(ValueError, match="device must be cpu, gpu, cuda or cuda:N, got 'mps'"):
         recommendation("mps")
     # Every recommended name is in the project's manifest with a URL and a hash to check.
     manifest = load_manifest()
@@ -127,7 +129,8 @@ def test_fetch_recommended_resumes_checks_and_converts(tmp_path, server, publish
     (folder / f"{detector['file']}.part").write_bytes(data[:100_000])  # a broken-off download
     server.requests.clear()
 
-    assert run_cli("fetch", "--recommended", "--device", "cpu", "--weights-dir", str(folder)) == 0
+    argv = ("weights", "fetch", "--recommended", "--machine", "cpu", "--weights-dir", str(folder))
+    assert app_main(*argv) == 0
 
     out, err = capsys.readouterr()
     assert "recommended for this machine (cpu): no GPU" in out
@@ -151,7 +154,7 @@ def test_fetch_recommended_resumes_checks_and_converts(tmp_path, server, publish
 
     # Again: everything is present and verified, nothing travels.
     server.requests.clear()
-    assert run_cli("fetch", "--recommended", "--device", "cpu", "--weights-dir", str(folder)) == 0
+    assert app_main(*argv) == 0
     assert server.requests == []
 
 
@@ -161,7 +164,7 @@ def test_fetch_recommended_for_a_gpu_and_a_changed_file(tmp_path, server, publis
     server.requests.clear()
 
     with pytest.raises(ValueError, match="the download of yolo11n has SHA-256 [0-9a-f]{64}, but"):
-        run_cli("fetch", "--recommended", "--device", "cuda", "--weights-dir", str(folder))
+        run_cli("fetch", "--recommended", "--machine", "gpu", "--weights-dir", str(folder))
 
     assert [r[0] for r in server.requests] == ["/w48.safetensors", "/yolo11n.pt"]
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.toml", "w48.safetensors"]
@@ -172,12 +175,14 @@ def test_fetch_recommended_for_a_gpu_and_a_changed_file(tmp_path, server, publis
     [
         ((), "give either a NAME from `weights list` or --recommended"),
         (("yolo11n", "--recommended"), "give either a NAME"),
-        (("yolo11n", "--device", "cpu"), "--device goes with --recommended"),
+        (("yolo11n", "--machine", "cpu"), "--machine goes with --recommended"),
     ],
 )
-def test_fetch_takes_a_name_or_recommended(tmp_path, argv, message):
+def test_fetch_takes_a_name_or_recommended(tmp_path, argv, message, caplog):
     with pytest.raises(ValueError, match=message):
         run_cli("fetch", *argv, "--weights-dir", str(tmp_path))
+    assert app_main("weights", "fetch", *argv, "--weights-dir", str(tmp_path)) == 2
+    assert message in caplog.text  # one line, exit code 2
 
 
 def test_the_notice_names_the_one_command():
