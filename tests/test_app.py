@@ -153,7 +153,8 @@ def test_demo_with_no_flags_finds_the_figures_with_the_ap_readme_states(tmp_path
         timeout=900,
     )
     assert result.returncode == 0, result.stderr
-    assert "demo weights, trained on synthetic figures only" in result.stderr
+    assert "Demo weights in use" in result.stderr  # the notice, with the command to get real ones
+    assert "python app.py weights fetch --recommended" in result.stderr
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["synthetic_walk.jsonl", "synthetic_walk.mp4"]
     with av.open(str(SYNTHETIC_WALK)) as src, av.open(str(out / "synthetic_walk.mp4")) as dst:

@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         "of the exact sub-pixel location (DARK)",
     )
     g.add_argument("--init", help="ccm-pose checkpoint to start from (same keypoint count)")
-    g.add_argument("--backbone-weights", help="local ImageNet weights for the backbone")
+    g.add_argument(
+        "--backbone-weights",
+        help="the backbone's starting weights: local ImageNet weights (torchvision / timm), or "
+        "a pose checkpoint with the same backbone, e.g. the converted MMPose HRNet-W32 DARK "
+        "for ccm_hrnet_w32 (its encoder only; the rest starts fresh)",
+    )
     g.add_argument(
         "--aux-weight",
         type=float,

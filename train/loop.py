@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ccm.checkpoint import PoseConfig, check_state_dict, read_checkpoint, save_checkpoint
 from ccm.model import build_model
+from train.backbone_init import build_initial_model
 from train.ddp import Distributed, setup_distributed
 from train.epoch import train_epoch, validate
 from train.run_config import StageConfig, TrainConfig
@@ -58,12 +59,10 @@ BEST_CHECKPOINT = "best.safetensors"
 
 
 def build_training_model(config: TrainConfig) -> nn.Module:
-    """The network to train: random heads, ImageNet backbone if given, then `--init` weights."""
-    model = build_model(
-        config.arch,
-        config.num_keypoints,
-        config.input_size,
-        backbone_weights=config.backbone_weights,
+    """The network to train: random heads, a backbone from `--backbone-weights` if given (ImageNet
+    weights or a pose checkpoint's encoder, `train.backbone_init`), then `--init` weights."""
+    model = build_initial_model(
+        config.arch, config.num_keypoints, config.input_size, config.backbone_weights
     )
     if config.init is not None:
         init_config, tensors = read_checkpoint(config.init)
@@ -90,6 +89,7 @@ def recipe_text(config: TrainConfig, world_size: int) -> str:
         f"{h}x{w}, sigma {config.sigma:g}, {'unbiased' if config.unbiased else 'biased'} "
         f"targets, aux weight {config.aux_weight:g}, seed {config.seed}"
         + (f", init {Path(config.init).name}" if config.init else "")
+        + (f", backbone {Path(config.backbone_weights).name}" if config.backbone_weights else "")
     )
 
 

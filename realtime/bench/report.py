@@ -2,11 +2,12 @@
 
 `OUT/bench.json` holds: "device" (torch threads counted when timing ended), "cpu" (model, cores,
 1/5/15-minute load average at the start), "versions", "config" (bench and pipeline options),
-"pose_model", "source", "mode", "frames", "warmup", "total_s", "fps", "latency_ms" and "loop_ms"
-(median / p95 / mean / max), "stages" ({stage: {median_ms, p95_ms, mean_ms, max_ms}}), "people"
-(how they were chosen; per-frame counts into the pose stage and out of the pipeline), and
-"reference" (ultralytics' FPS, latency and its own speed dict in ms) with "fps_ratio" = ours /
-reference, or null. `OUT/bench.png` is a bar chart of the median ms per stage.
+"pose_model", "demo_weights" (when the demo weights were timed, the notice with the command that
+fetches real-person weights; else null), "source", "mode", "frames", "warmup", "total_s", "fps",
+"latency_ms" and "loop_ms" (median / p95 / mean / max), "stages" ({stage: {median_ms, p95_ms,
+mean_ms, max_ms}}), "people" (how they were chosen; per-frame counts into the pose stage and out
+of the pipeline), and "reference" (ultralytics' FPS, latency and its own speed dict in ms) with
+"fps_ratio" = ours / reference, or null. `OUT/bench.png` is a bar chart of the median ms per stage.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from realtime.bench.reference import REFERENCE_SPEED, YoloPoseReference
 from realtime.stream.assemble import PipelineSpec, default_pose_checkpoint
 from realtime.stream.pipeline import PosePipeline
 from realtime.stream.results import STAGES, frame_share
+from realtime.weights.manifest import WEIGHTS_DIR, load_manifest, manifest_path
+from realtime.weights.recommended import demo_notice
 
 
 @dataclass
@@ -78,17 +81,22 @@ def build_report(
     counts = [r.people for r in records]
     pose = pipeline.estimator.pose
     info = frames.info
+    checkpoint = str(options.pose or default_pose_checkpoint())
+    detector = str(getattr(getattr(pipeline.detector, "config", None), "weights", ""))
     return {
         "device": _device_info(device),
         "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count()},
         "versions": _versions(),
         "config": {"bench": _plain(config), "pipeline": _plain(options)},
         "pose_model": {
-            "checkpoint": str(options.pose or default_pose_checkpoint()),
+            "checkpoint": checkpoint,
             "arch": pose.arch,
             "input_size": list(pose.input_size),
-            "detector": str(getattr(getattr(pipeline.detector, "config", None), "weights", "")),
+            "detector": detector,
         },
+        "demo_weights": demo_notice(
+            (checkpoint, detector), load_manifest(manifest_path(WEIGHTS_DIR))
+        ),
         # What the "auto" choices resolved to on this machine.
         "profile": {
             "pose": pipeline.estimator.describe(),
@@ -203,6 +211,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"source {Path(src['path']).name} {src['width']}x{src['height']}, people {how}",
         f"{'stage':<10}{'median ms':>11}{'p95 ms':>10}",
     ]
+    if report.get("demo_weights"):
+        lines.insert(0, report["demo_weights"])
     for stage, s in report["stages"].items():
         lines.append(f"{stage:<10}{s['median_ms']:>11.2f}{s['p95_ms']:>10.2f}")
     loop, lat = report["loop_ms"], report["latency_ms"]

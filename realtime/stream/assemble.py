@@ -17,7 +17,8 @@ from realtime.device import resolve_device
 from realtime.pose.estimator import EngineConfig, PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion
-from realtime.weights.manifest import WEIGHTS_DIR
+from realtime.weights.manifest import WEIGHTS_DIR, load_manifest, manifest_path
+from realtime.weights.recommended import demo_notice
 from realtime.weights.verify import select_detector_weights, select_pose_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ def build_pipeline(options: PipelineSpec) -> PosePipeline:
     stages."""
     device = str(resolve_device(options.device))
     pose_path = options.pose or default_pose_checkpoint()
+    detector_weights = options.detector or default_detector_weights()
+    notice = demo_notice((pose_path, detector_weights), load_manifest(manifest_path(WEIGHTS_DIR)))
+    if notice is not None:
+        logger.warning(notice)  # before the slow part, among the first lines a user reads
     model, pose_config = load_checkpoint(pose_path)
     logger.info(
         "pose model: %s (%s, input %s)", pose_path, pose_config.arch, pose_config.input_size
@@ -67,7 +72,6 @@ def build_pipeline(options: PipelineSpec) -> PosePipeline:
     )
     estimator = PoseEstimator(model, pose_config, engine_config)
     logger.info("pose stage: %s", ", ".join(f"{k} {v}" for k, v in estimator.describe().items()))
-    detector_weights = options.detector or default_detector_weights()
     detection = dataclasses.replace(options.detection, device=device, weights=str(detector_weights))
     detector = PersonDetector(detection)
     logger.info("person detector: %s (%s, input %d)", detection.weights, detector.precision,

@@ -44,6 +44,7 @@ from realtime.stream.assemble import (  # noqa: E402
     PipelineSpec,
     build_pipeline,
     default_pose_checkpoint,
+    resolve_device,
 )
 from realtime.stream.pipeline import PosePipeline  # noqa: E402
 from realtime.stream.serving import EngineCache  # noqa: E402
@@ -56,6 +57,7 @@ from realtime.ui.media import (  # noqa: E402
 )
 from realtime.ui.sessions import PoseApp, Session  # noqa: E402
 from realtime.ui.settings import Controls, UiConfig, describe  # noqa: E402
+from realtime.ui.weights_notice import add_weights_notice  # noqa: E402
 
 __all__ = ["PoseApp", "Session", "UiConfig", "build_ui", "launch", "resolve_port", "serve"]
 
@@ -121,6 +123,8 @@ def build_ui(
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=keep) as demo:
         gr.Markdown(_INTRO)
+        add_weights_notice(demo, pose_path, pipeline.detector.config.weights, config.weights_dir,
+                           resolve_device(options.device))  # fmt: skip
         session = gr.State(None, delete_callback=app.end_session)
         saved = gr.BrowserState(None, storage_key=SETTINGS_KEY)
         with gr.Accordion("Models and settings (yours only)", open=True):

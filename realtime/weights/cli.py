@@ -2,6 +2,7 @@
 
     python app.py weights list               what is known, what is present, verified or not
     python app.py weights fetch NAME         download (resumable), check the hash, convert
+    python app.py weights fetch --recommended   the COCO-trained pose + detector for this machine
     python app.py weights import FILE --from mmpose|hrnet|torchvision|timm [--arch A] ...
     python app.py weights verify             hash every present file against the manifest
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ccm.checkpoint import (
@@ -28,7 +31,7 @@ from ccm.checkpoint import (
 from ccm.importers import import_backbone, import_pose_checkpoint
 from ccm.model import ARCHS
 from ccm.public_layouts import LAYOUTS, POSE_LAYOUTS
-from realtime.weights.fetch import fetch
+from realtime.weights.fetch import Progress, fetch
 from realtime.weights.manifest import (
     WEIGHTS_DIR,
     Manifest,
@@ -36,6 +39,7 @@ from realtime.weights.manifest import (
     load_manifest,
     manifest_path,
 )
+from realtime.weights.recommended import recommendation
 from realtime.weights.verify import (
     VERIFIED,
     converted_status,
@@ -74,7 +78,19 @@ def add_weights_commands(subparsers: argparse._SubParsersAction) -> None:
     fetching = actions.add_parser(
         "fetch", parents=[common], help="download a listed checkpoint, check it, convert it"
     )
-    fetching.add_argument("name", help="a name from `weights list`")
+    fetching.add_argument("name", nargs="?", help="a name from `weights list`")
+    fetching.add_argument(
+        "--recommended",
+        action="store_true",
+        help="instead of NAME: the COCO-trained pose network and person detector for this "
+        "machine (a small pose network on a CPU, a large one on a GPU)",
+    )
+    fetching.add_argument(
+        "--machine",
+        choices=("cpu", "gpu"),
+        help="with --recommended: the machine to choose for (default: this one, gpu when CUDA "
+        "is available)",
+    )
     fetching.add_argument(
         "--trust", action="store_true", help="accept a file the manifest has no SHA-256 for"
     )
@@ -163,19 +179,40 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
+    if (args.name is None) == (not args.recommended):
+        raise ValueError("give either a NAME from `weights list` or --recommended")
+    if args.machine is not None and not args.recommended:
+        raise ValueError("--machine goes with --recommended")
+    manifest = _manifest(args)
+    if args.recommended:
+        chosen = recommendation(args.machine)
+        print(f"recommended for this machine ({chosen.machine}): {chosen.why}")
+        entries = [manifest.get(name) for name in chosen.names]
+    else:
+        entries = [manifest.get(args.name)]
+    failed = 0
+    for entry in entries:
+        with _progress_bar(entry) as progress:
+            path = fetch(entry, args.weights_dir, trust=args.trust, progress=progress)
+        status = entry_status(entry, args.weights_dir)
+        detail = f", {status.detail}" if status.detail else ""
+        print(f"{entry.name}: {path} ({status.state}{detail})")
+        failed += status.state not in (VERIFIED, "unhashed")
+    return 1 if failed else 0
+
+
+@contextmanager
+def _progress_bar(entry: ManifestEntry) -> Iterator[Progress]:
+    """A tqdm bar of the bytes of `entry`'s download, as a `fetch` progress callback."""
     from tqdm import tqdm
 
-    entry = _manifest(args).get(args.name)
     with tqdm(desc=entry.file, unit="B", unit_scale=True, unit_divisor=1024) as bar:
 
         def progress(done: int, total: int | None) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        path = fetch(entry, args.weights_dir, trust=args.trust, progress=progress)
-    status = entry_status(entry, args.weights_dir)
-    print(f"{entry.name}: {path} ({status.state}{', ' + status.detail if status.detail else ''})")
-    return 0 if status.state in (VERIFIED, "unhashed") else 1
+        yield progress
 
 
 def run_import(args: argparse.Namespace) -> int:

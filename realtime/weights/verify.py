@@ -195,7 +195,6 @@ def select_pose_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
             best.entry.arch,
             best.entry.ap_text(),
         )
-        _warn_if_demo(best.entry)
         return best.path
     ranked = []
     for path in unlisted_files(weights_dir, manifest):
@@ -245,14 +244,4 @@ def select_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
         best.entry.name,
         best.entry.ap_text(),
     )
-    _warn_if_demo(best.entry)
     return best.path
-
-
-def _warn_if_demo(entry: ManifestEntry) -> None:
-    if entry.demo:
-        logger.warning(
-            "%s are demo weights, trained on synthetic figures only: expect poor results on real "
-            "footage (`python app.py weights list` shows the COCO checkpoints to fetch)",
-            entry.name,
-        )

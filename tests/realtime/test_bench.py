@@ -32,6 +32,8 @@ from realtime.samples import VTEST_SHORT  # noqa: E402
 from realtime.stream.assemble import PipelineSpec, build_pipeline  # noqa: E402
 from realtime.stream.pipeline import PipelineConfig, PosePipeline  # noqa: E402
 from realtime.stream.results import STAGES  # noqa: E402
+from realtime.weights.manifest import WEIGHTS_DIR  # noqa: E402
+from realtime.weights.recommended import DEMO_NOTICE  # noqa: E402
 from train.synthetic.videos import VideoConfig, generate_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +80,7 @@ def check_report(report: dict, out: Path, frames: int) -> None:
     assert {"torch", "ultralytics", "torchvision"} <= set(saved["versions"])
     assert saved["pose_model"]["arch"] == "ccm_mobilenetv2"
     assert saved["pose_model"]["input_size"] == [128, 96]
+    assert saved["demo_weights"] is None  # a checkpoint of its own and a yaml detector
     image = cv2.imread(str(out / "bench.png"))
     assert image is not None and image.ndim == 3 and min(image.shape[:2]) > 100
 
@@ -172,6 +175,22 @@ def test_reference_adds_the_yolo_pose_entry(tmp_path, options, pipeline):
         rel=1e-9,
     )
     assert report["fps_ratio"] == pytest.approx(report["fps"] / ref["fps"], rel=1e-12)
+
+
+def test_a_benchmark_of_the_demo_weights_opens_with_the_notice(tmp_path):
+    demo = PipelineSpec(
+        pose=WEIGHTS_DIR / "demo-ccm-mobilenetv2-128x96.safetensors",
+        detector=WEIGHTS_DIR / "demo-yolo11n-person.pt",
+        device="cpu",
+        detection=DetectorConfig(imgsz=320),
+    )
+    table = io.StringIO()
+    config = BenchConfig(source=VTEST_SHORT, frames=2, warmup=1, out=tmp_path)
+    report = run_benchmark(demo, config, table=table)
+
+    assert json.loads((tmp_path / "bench.json").read_text())["demo_weights"] == DEMO_NOTICE
+    assert table.getvalue().splitlines()[0] == DEMO_NOTICE
+    assert "python app.py weights fetch --recommended" in report["demo_weights"]
 
 
 def test_people_override_takes_top_n_or_tiles_n():

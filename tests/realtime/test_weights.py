@@ -4,14 +4,10 @@ Downloads come from an http.server on 127.0.0.1 in a thread (with HTTP Range sup
 else touches the network.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import logging
-import re
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +15,13 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models import mobilenet_v2
+from weights_fixtures import (
+    RangeServer,
+    direct_to_loopback,
+    run_cli,
+    serve_files,
+    write_manifest,
+)
 
 from ccm.checkpoint import (
     PoseConfig,
@@ -30,7 +33,6 @@ from ccm.checkpoint import (
 )
 from ccm.model import build_model, load_backbone_weights
 from realtime.stream.assemble import default_detector_weights, default_pose_checkpoint
-from realtime.weights.cli import add_weights_commands
 from realtime.weights.fetch import fetch
 from realtime.weights.manifest import MANIFEST_PATH, load_manifest
 from realtime.weights.verify import best_present, entry_status
@@ -39,95 +41,8 @@ SIZE = (64, 32)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-def write_manifest(folder: Path, *entries: dict) -> Path:
-    """A manifest.toml in `folder`; each entry gets the fields every entry needs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for entry in entries:
-        entry = {"url": "", "license": "Apache-2.0", "sha256": ""} | entry
-        lines.append("[[checkpoint]]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in entry.items()]
-        lines.append("")
-    path = folder / "manifest.toml"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def run_cli(*argv: str) -> int:
-    """`python app.py weights ...` as app.py's parser runs it."""
-    root = argparse.ArgumentParser(prog="app.py")
-    add_weights_commands(root.add_subparsers(dest="command", required=True))
-    args = root.parse_args(["weights", *argv])
-    return args.run(args)
-
-
-class RangeServer(ThreadingHTTPServer):
-    """Serves `files` by name; honours `Range: bytes=N-` unless told not to; logs requests."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), RangeHandler)
-        self.files: dict[str, bytes] = {}
-        self.honour_range = True
-        self.requests: list[tuple[str, str | None, int]] = []  # path, Range header, bytes sent
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
-
-
-class RangeHandler(BaseHTTPRequestHandler):
-    server: RangeServer
-
-    def do_GET(self) -> None:
-        data = self.server.files.get(self.path.lstrip("/"))
-        wanted = self.headers.get("Range")
-        if data is None:
-            self.server.requests.append((self.path, wanted, 0))
-            self.send_error(404)
-            return
-        start = 0
-        if wanted and self.server.honour_range:
-            start = int(re.fullmatch(r"bytes=(\d+)-", wanted).group(1))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.server.requests.append((self.path, wanted, len(body)))  # before the client is done
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def server():
-    httpd = RangeServer()
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+server = pytest.fixture(scope="module")(serve_files)
+no_proxy = pytest.fixture(autouse=True)(direct_to_loopback)
 
 
 @pytest.fixture(scope="module")
@@ -379,7 +294,7 @@ def test_demo_weights_come_after_every_real_checkpoint(tmp_path, tiny_checkpoint
     assert "demo weights" not in caplog.text
     (tmp_path / "coco.safetensors").unlink()
     assert default_pose_checkpoint(tmp_path) == tmp_path / "demo.safetensors"
-    assert "demo are demo weights, trained on synthetic figures only" in caplog.text
+    assert f"pose checkpoint: {tmp_path / 'demo.safetensors'} (demo, ccm_mobilenetv2" in caplog.text
 
 
 def test_detectors_are_picked_only_when_verified(tmp_path, server):
