@@ -76,6 +76,8 @@ def run_videos(
         from realtime.batch.ray_jobs import run_videos_on_ray
 
         return run_videos_on_ray(inputs, problems, out, options, skip_existing, ray, say=_say)
+    if ranks.distributed and ranks.rank == 0:
+        logger.warning("splitting a batch under torchrun is deprecated: use --ray (README)")
     distributed.start(ranks)
     tag = f"[{ranks.label}] " if ranks.distributed else ""
     mine = distributed.shard(inputs, [_size(i.path) for i in inputs], ranks)
