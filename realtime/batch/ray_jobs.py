@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def run_videos_on_ray(
                         bars.update(1)
                         rows.append((str(item.path), report.error))
                         say(report_line(item.path, report))
-    except Interrupted as stop:
+    except KeyboardInterrupt as err:
+        stop = _interrupted(err)
         remove_stale_parts(out)  # what a worker killed on the way out began after all
         finished = sum(1 for _, error in rows if error is None)
         say(
@@ -160,7 +162,8 @@ def run_images_on_ray(
                                 writer.add(report, poses)
                                 posed += 1
                         next_chunk += 1
-    except Interrupted as stop:
+    except KeyboardInterrupt as err:
+        stop = _interrupted(err)
         remove_stale_parts(out)
         say(
             f"interrupted by {stop.name} after {seen} of {len(files)} images: the rendered "
@@ -174,3 +177,9 @@ def run_images_on_ray(
         f"rendered images in {out}"
     )
     return 1 if failed else 0
+
+
+def _interrupted(err: KeyboardInterrupt) -> Interrupted:
+    """The signal that stopped the command; a bare KeyboardInterrupt (Ray raises one for a
+    signal that arrives while it waits) is Ctrl-C."""
+    return err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)

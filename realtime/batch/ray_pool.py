@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -199,12 +200,23 @@ class WorkerPool:
         actor = self._start()
         starting[actor.load.remote()] = actor  # the handle is kept: Ray ends unreferenced actors
 
+    def _wait(self, refs: list[Any], count: int) -> list[Any]:
+        """`ray.wait` for `count` of `refs`, at most `POLL_S`, in steps that sleep in Python:
+        Ctrl-C or SIGTERM during a wait inside Ray comes out as a bare KeyboardInterrupt, and
+        the command's handler would not learn which signal it was."""
+        end = time.monotonic() + POLL_S
+        while True:
+            ready, _ = self.ray.wait(refs, num_returns=count, timeout=0)
+            if len(ready) >= count or time.monotonic() >= end:
+                return ready
+            time.sleep(0.02)
+
     def _poll(self, busy: list[Any]) -> None:
         """Tell `on_progress` the frames done so far by the busy workers' videos in hand."""
         if self.on_progress is None or not busy:
             return
         refs = [actor.progress.remote() for actor in busy]
-        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=POLL_S)
+        ready = self._wait(refs, len(refs))
         done = 0
         for ref in ready:
             with contextlib.suppress(self.ray.exceptions.RayError):
@@ -232,7 +244,7 @@ class WorkerPool:
                     items = [_absolute(item) for item in job.items]
                     payload = items[0] if method == "video" else items
                     running[getattr(actor, method).remote(payload, self.out, *args)] = (actor, job)
-                ready, _ = ray.wait([*starting, *running], num_returns=1, timeout=POLL_S)
+                ready = self._wait([*starting, *running], 1)
                 for ref in ready:
                     if ref in starting:
                         actor = starting.pop(ref)

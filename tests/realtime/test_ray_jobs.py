@@ -8,6 +8,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -218,3 +220,30 @@ def test_ray_flag_takes_an_address_or_none():
     assert app.ray_options(parse(["video", "x"])) is None
     with pytest.raises(SystemExit):  # an input after a bare --ray is no address
         parse(["video", "--ray", "clips/"])
+
+
+def test_app_with_ray_starts_a_local_instance_and_stops_cleanly_on_ctrl_c(tmp_path, walk_frames):
+    """The command as a user runs it: its own local Ray instance, then SIGINT mid-batch."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_walk(clips / "long.mp4", walk_frames[:60])
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [sys.executable, str(ROOT / "app.py"), "video", "clips", "--out", "out",
+               "--device", "cpu", "--ray", "--ray-cpus", "1"]  # fmt: skip
+    with subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and any(p.name.startswith(".long.jsonl.") for p in out.iterdir()):
+                time.sleep(1.0)
+                proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert (
+        "interrupted by SIGINT: 0 of 1 input(s) finished and kept, the unfinished ones' files "
+        "removed; run again with --skip-existing to go on"
+    ) in stdout
+    assert list(out.iterdir()) == []  # nothing of the unfinished video, not even hidden
