@@ -155,9 +155,10 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         type=ray_address,
         help="run the batch as a Ray job, one worker per GPU taking inputs from a shared queue: "
-        "without ADDRESS on a Ray instance started on this machine, `auto` on the cluster this "
-        "machine belongs to, ray://HOST:10001 on a remote cluster; the folders must be at the "
-        "same paths everywhere (default: off)",
+        "without ADDRESS on the Ray instance of this machine ($RAY_ADDRESS, or one `ray start` "
+        "began), else on one started for the command; `auto` on the cluster this machine "
+        "belongs to; ray://HOST:10001 on a remote cluster; the folders must be at the same "
+        "paths everywhere (default: off)",
     )
     ray.add_argument(
         "--ray-cpus",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ccm.poses import FramePoses
 from realtime.batch.images import ImageReport, pose_image
 from realtime.batch.inputs import InputFile
 from realtime.batch.usage import UsageError, load_pipeline
@@ -50,8 +51,9 @@ class RayOptions:
     """Where and how to run on Ray.
 
     Attributes:
-        address: None starts a local Ray instance for this command; "auto" joins the cluster
-            this machine belongs to; "ray://host:10001" connects as a Ray client.
+        address: None: the Ray instance of this machine (RAY_ADDRESS, or the one `ray start`
+            began last), else one started for this command (Ray's rule); "auto" joins the
+            cluster this machine belongs to; "ray://host:10001" connects as a Ray client.
         cpus_per_worker: CPU cores per worker (and its torch threads) when there is no GPU;
             with GPUs every worker holds one GPU.
     """
@@ -154,7 +156,9 @@ class PoseWorker:
             item.path, out, self.pipeline, self.render, progress, skip_existing, name=item.name
         )
 
-    def images(self, items: list[InputFile], out: Path) -> list[tuple[ImageReport, Any]]:
+    def images(
+        self, items: list[InputFile], out: Path
+    ) -> list[tuple[ImageReport, FramePoses | None]]:
         return [pose_image(item, out, self.pipeline, self.render) for item in items]
 
 

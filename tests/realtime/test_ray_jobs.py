@@ -222,8 +222,8 @@ def test_ray_flag_takes_an_address_or_none():
         parse(["video", "--ray", "clips/"])
 
 
-def test_app_with_ray_starts_a_local_instance_and_stops_cleanly_on_ctrl_c(tmp_path, walk_frames):
-    """The command as a user runs it: its own local Ray instance, then SIGINT mid-batch."""
+def test_app_with_ray_runs_on_local_ray_and_stops_cleanly_on_ctrl_c(tmp_path, walk_frames):
+    """The command as a user runs it, on the local Ray instance, then SIGINT mid-batch."""
     clips = tmp_path / "clips"
     clips.mkdir()
     write_walk(clips / "long.mp4", walk_frames[:60])
