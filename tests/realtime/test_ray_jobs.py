@@ -247,3 +247,38 @@ def test_app_with_ray_runs_on_local_ray_and_stops_cleanly_on_ctrl_c(tmp_path, wa
         "removed; run again with --skip-existing to go on"
     ) in stdout
     assert list(out.iterdir()) == []  # nothing of the unfinished video, not even hidden
+
+
+def test_a_video_that_kills_every_worker_is_a_failed_input_after_bounded_tries(
+    local_ray, clips, tmp_path, walk_frames, monkeypatch
+):
+    monkeypatch.setattr("realtime.batch.ray_pool.MAX_ATTEMPTS", 2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    small = [cv2.resize(f, (160, 96)) for f in walk_frames[:2]]
+    with av.open(str(inputs / "poison.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for frame in small:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    (inputs / "a.mp4").write_bytes((clips / "a.mp4").read_bytes())
+
+    def render_or_die(frame, poses, fps=None, latency_ms=None):
+        if frame.shape[1] == 160:  # the poison clip: the worker process dies, as on a crash
+            os._exit(3)
+        return render_frame(frame, poses)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    said: list[str] = []
+    found = expand_inputs([inputs], VIDEO_SUFFIXES, exclude=out)
+    code = run_videos_on_ray(
+        found.files, [], out, SPEC, False, ONE_CPU, said.append, render=render_or_die
+    )
+    assert code == 1
+    failed = [line for line in said if line.startswith("FAILED")]
+    assert len(failed) == 1
+    assert failed[0].startswith(f"FAILED {inputs / 'poison.mp4'}: its Ray worker died 2 times: ")
+    assert said[-1] == f"1 of 2 inputs failed: {inputs / 'poison.mp4'}"
+    assert sorted(p.name for p in out.iterdir()) == ["a.jsonl", "a.mp4"]
