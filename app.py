@@ -8,8 +8,8 @@
 
 Every command but `images` runs with no flags on the bundled demo clip
 (realtime/samples/synthetic_walk.mp4) and the demo weights in weights/; `python app.py CMD --help`
-explains each option and shows its default. `torchrun --nproc-per-node N app.py video ...`
-splits the inputs across N processes, one GPU each.
+explains each option and shows its default. `app.py video ... --ray [ADDRESS]` (and `images`)
+runs the batch as a Ray job, one worker per GPU, locally or on a cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from realtime.offline import configure_offline
 
@@ -42,6 +43,9 @@ from realtime.stream.pipeline import FILE_DET_EVERY, PipelineConfig  # noqa: E40
 from realtime.temporal.fusion import METHODS as TEMPORAL_METHODS  # noqa: E402
 from realtime.temporal.fusion import TemporalConfig  # noqa: E402
 from realtime.weights.cli import add_weights_commands  # noqa: E402
+
+if TYPE_CHECKING:
+    from realtime.batch.ray_pool import RayOptions
 
 logger = logging.getLogger("ccm-pose")
 
@@ -143,6 +147,49 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
     )
 
 
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    ray = parser.add_argument_group('scale-out on Ray (pip install -e ".[ray]")')
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        type=ray_address,
+        help="run the batch as a Ray job, one worker per GPU taking inputs from a shared queue: "
+        "without ADDRESS on the Ray instance of this machine ($RAY_ADDRESS, or one `ray start` "
+        "began), else on one started for the command; `auto` on the cluster this machine "
+        "belongs to; ray://HOST:10001 on a remote cluster; the folders must be at the same "
+        "paths everywhere (default: off)",
+    )
+    ray.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=4,
+        metavar="N",
+        help="CPU cores per Ray worker where the cluster has no GPU",
+    )
+
+
+def ray_address(value: str) -> str:
+    """`--ray` ADDRESS, or an error for a value that is an input put after a bare `--ray`."""
+    if value in ("local", "auto") or ":" in value:
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a Ray address (auto, ray://HOST:10001, HOST:6379); "
+        "put a bare --ray after the inputs"
+    )
+
+
+def ray_options(args: argparse.Namespace) -> RayOptions | None:
+    from realtime.batch.ray_pool import RayOptions
+
+    if args.ray is None:
+        return None
+    if args.ray_cpus < 1:
+        raise UsageError(f"--ray-cpus {args.ray_cpus}: give at least 1")
+    return RayOptions(None if args.ray == "local" else args.ray, args.ray_cpus)
+
+
 def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
     return PipelineSpec(
         pose=args.pose,
@@ -180,13 +227,15 @@ def run_video(args: argparse.Namespace) -> int:
     from realtime.batch.cli import run_videos
 
     specs = args.inputs or [SYNTHETIC_WALK]
-    return run_videos(specs, args.out, pipeline_options(args), skip_existing=args.skip_existing)
+    return run_videos(
+        specs, args.out, pipeline_options(args), args.skip_existing, ray=ray_options(args)
+    )
 
 
 def run_images(args: argparse.Namespace) -> int:
     from realtime.batch.cli import run_images
 
-    return run_images(args.inputs, args.out, pipeline_options(args))
+    return run_images(args.inputs, args.out, pipeline_options(args), ray=ray_options(args))
 
 
 def run_ui(args: argparse.Namespace) -> int:
@@ -252,8 +301,8 @@ def parser() -> argparse.ArgumentParser:
         "per frame, image pixels). Outputs mirror the inputs' paths relative to the folder (or "
         "common parent) they came from, so two inputs never share an output. A bad input (also "
         "a cut-off file, or an argument that matches nothing) is reported and skipped; the "
-        "exit code is 1 if any input failed, 130 / 143 after Ctrl-C / SIGTERM. Under torchrun "
-        "the inputs are split across the processes.",
+        "exit code is 1 if any input failed, 130 / 143 after Ctrl-C / SIGTERM. With --ray the "
+        "inputs go to a Ray job, under torchrun they are split across the processes.",
     )
     video.add_argument(
         "inputs",
@@ -266,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
         "--skip-existing", action="store_true", help="skip inputs whose two outputs already exist"
     )
     add_pipeline_arguments(video)
+    add_ray_arguments(video)
     video.set_defaults(run=run_video)
 
     images = commands.add_parser(
@@ -282,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
                         "or glob patterns; an existing path is always taken literally")  # fmt: skip
     images.add_argument("--out", type=Path, default=Path("out"), help="output folder")
     add_pipeline_arguments(images, temporal=False)
+    add_ray_arguments(images)
     images.set_defaults(run=run_images)
 
     ui = commands.add_parser("ui", help="Gradio browser demo on 127.0.0.1")
@@ -352,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     previous = install_signal_handlers()
     try:
-        if hasattr(args, "device"):
-            check_device(args.device)
+        if hasattr(args, "device") and getattr(args, "ray", None) is None:
+            check_device(args.device)  # on Ray, the workers' machines are the ones that count
         return args.run(args)
     except Interrupted as stop:
         logger.error("stopped by %s", stop.name)

@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -22,11 +23,14 @@ from realtime.batch import distributed
 from realtime.batch.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, process_images
 from realtime.batch.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
 from realtime.batch.usage import Interrupted, UsageError, check_out_dir, load_pipeline
-from realtime.batch.videos import describe_error, process_video
+from realtime.batch.videos import VideoReport, describe_error, process_video
 from realtime.io.atomic_files import remove_stale_parts
 from realtime.render import render_frame
 from realtime.stream.assemble import PipelineSpec
 from realtime.temporal.fusion import TemporalConfig
+
+if TYPE_CHECKING:
+    from realtime.batch.ray_pool import RayOptions
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +52,15 @@ def _video_input_problems(found: ExpandedInputs) -> list[tuple[str, str]]:
 
 
 def run_videos(
-    specs: Sequence[str | Path], out: Path, options: PipelineSpec, skip_existing: bool = False
+    specs: Sequence[str | Path],
+    out: Path,
+    options: PipelineSpec,
+    skip_existing: bool = False,
+    ray: RayOptions | None = None,
 ) -> int:
     """`app.py video`: every video of `specs` -> OUT/name.mp4 and OUT/name.jsonl. Under
-    torchrun each rank runs its share on its own device and rank 0 prints the summary."""
+    torchrun each rank runs its share on its own device and rank 0 prints the summary; with
+    `ray`, the videos go to a Ray job (`realtime.batch.ray_jobs`)."""
     ranks = distributed.ranks_from_env()
     check_out_dir(out)
     found = expand_inputs(specs, VIDEO_SUFFIXES, exclude=out)
@@ -63,6 +72,12 @@ def run_videos(
         else:
             inputs.append(item)
     remove_stale_parts(out)
+    if ray is not None:
+        from realtime.batch.ray_jobs import run_videos_on_ray
+
+        return run_videos_on_ray(inputs, problems, out, options, skip_existing, ray, say=_say)
+    if ranks.distributed and ranks.rank == 0:
+        logger.warning("splitting a batch under torchrun is deprecated: use --ray (README)")
     distributed.start(ranks)
     tag = f"[{ranks.label}] " if ranks.distributed else ""
     mine = distributed.shard(inputs, [_size(i.path) for i in inputs], ranks)
@@ -95,13 +110,7 @@ def run_videos(
                     )  # fmt: skip
                 bar.update(1)
                 rows.append((str(item.path), report.error))
-                if report.error:
-                    _say(f"{tag}FAILED {item.path}: {report.error}")
-                elif report.skipped:
-                    _say(f"{tag}skipped {item.path}: {report.video} and {report.jsonl} exist")
-                else:
-                    done = f"{report.frames} frames, {report.fps:.1f} fps"
-                    _say(f"{tag}{item.path} -> {report.video}, {report.jsonl} ({done})")
+                _say(tag + report_line(item.path, report))
             state["current"] = None
     except Interrupted as stop:
         where = f" during {state['current']} (frame {state['frame']})" if state["current"] else ""
@@ -130,6 +139,16 @@ def run_videos(
     return 1 if failed else 0
 
 
+def report_line(source: Path, report: VideoReport) -> str:
+    """The line that says what became of one video."""
+    if report.error:
+        return f"FAILED {source}: {report.error}"
+    if report.skipped:
+        return f"skipped {source}: {report.video} and {report.jsonl} exist"
+    done = f"{report.frames} frames, {report.fps:.1f} fps"
+    return f"{source} -> {report.video}, {report.jsonl} ({done})"
+
+
 def failed_summary(failed: list[str], total: int, shown: int = 5) -> str:
     names = ", ".join(failed[:shown])
     more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
@@ -143,9 +162,12 @@ def _size(path: Path) -> int:
         return 0
 
 
-def run_images(specs: Sequence[str | Path], out: Path, options: PipelineSpec) -> int:
+def run_images(
+    specs: Sequence[str | Path], out: Path, options: PipelineSpec, ray: RayOptions | None = None
+) -> int:
     """`app.py images`: every image of `specs` posed on its own (temporal fusion off) ->
-    OUT/poses.jsonl, OUT/coco_results.json, OUT/coco_images.json and rendered images."""
+    OUT/poses.jsonl, OUT/coco_results.json, OUT/coco_images.json and rendered images; with
+    `ray`, in chunks on a Ray job (`realtime.batch.ray_jobs`)."""
     check_out_dir(out)
     found = expand_inputs(specs, IMAGE_SUFFIXES, keep_suffix=True, exclude=out, kind="image")
     for spec, why in found.unmatched:
@@ -154,6 +176,11 @@ def run_images(specs: Sequence[str | Path], out: Path, options: PipelineSpec) ->
     failed = [spec for spec, _ in found.unmatched]
     total = len(found.unmatched) + len(found.files)
     state = {"done": 0}
+    if ray is not None and found.files:
+        from realtime.batch.ray_jobs import run_images_on_ray
+
+        options = dataclasses.replace(options, temporal=TemporalConfig(method="none"))
+        return run_images_on_ray(found.files, failed, out, options, ray, say=_say)
     try:
         if found.files:
             options = dataclasses.replace(options, temporal=TemporalConfig(method="none"))

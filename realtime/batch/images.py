@@ -18,12 +18,15 @@ fails in the pipeline) is reported in its `ImageReport` and left out; the rest g
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ccm.poses import FramePoses
 from realtime.batch.inputs import InputFile
 from realtime.batch.videos import Renderer, describe_error
 from realtime.io.frames import Frame
@@ -67,38 +70,68 @@ def process_images(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     reports: list[ImageReport] = []
-    coco_images: list[dict[str, object]] = []
-    with (
-        ImagePosesWriter(out_dir / POSES_FILE) as poses_out,
-        CocoResultsWriter(out_dir / COCO_RESULTS_FILE) as coco,
-    ):
+    with ImageResultsWriter(out_dir) as results:
         for item in files:
-            report = ImageReport(item.path, item.name)
-            try:
-                image = read_image(item.path)
-                report.height, report.width = image.shape[:2]
-                pipeline.reset()
-                poses = pipeline(Frame(0, 0.0, image, time.monotonic())).poses
-                poses.to_dict()  # raises on NaN before anything of this image is written
-                target = out_dir / item.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                report.rendered = write_image(target, render(image, poses, None, None))
-                image_id = len(coco_images) + 1
-                coco.write(image_id, poses)
-                poses_out.write(item.name, report.width, report.height, poses)
-                coco_images.append(
-                    {"id": image_id, "file_name": item.name,
-                     "width": report.width, "height": report.height}
-                )  # fmt: skip
-                report.people = len(poses)
-            except Exception as err:  # a bad image is reported, never aborts the rest
-                logger.debug("failed on %s", item.path, exc_info=True)
-                report.error = describe_error(err, item.path)
-                if report.rendered is not None:  # no output for an image that failed
-                    report.rendered.unlink(missing_ok=True)
-                    report.rendered = None
+            report, poses = pose_image(item, out_dir, pipeline, render)
+            if poses is not None:
+                results.add(report, poses)
             reports.append(report)
             if progress is not None:
                 progress(report)
-        write_json(out_dir / COCO_IMAGES_FILE, {"images": coco_images})
     return reports
+
+
+def pose_image(
+    item: InputFile, out_dir: Path, pipeline: PosePipeline, render: Renderer
+) -> tuple[ImageReport, FramePoses | None]:
+    """Pose one image and write its rendered copy to `out_dir / item.name`. Returns its report
+    and poses (image pixels), or the report with its error and None: never raises for a bad
+    image, and leaves no rendered copy of an image that failed."""
+    report = ImageReport(item.path, item.name)
+    try:
+        image = read_image(item.path)
+        report.height, report.width = image.shape[:2]
+        pipeline.reset()
+        poses = pipeline(Frame(0, 0.0, image, time.monotonic())).poses
+        poses.to_dict()  # raises on NaN before anything of this image is written
+        target = out_dir / item.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        report.rendered = write_image(target, render(image, poses, None, None))
+        report.people = len(poses)
+        return report, poses
+    except Exception as err:  # a bad image is reported, never aborts the rest
+        logger.debug("failed on %s", item.path, exc_info=True)
+        report.error = describe_error(err, item.path)
+        if report.rendered is not None:  # no output for an image that failed
+            report.rendered.unlink(missing_ok=True)
+            report.rendered = None
+        return report, None
+
+
+class ImageResultsWriter:
+    """`poses.jsonl`, `coco_results.json` and `coco_images.json` of `out_dir`, one image at a
+    time (`add`, in the order of the lines); all three are written whole or not at all."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self._stack = contextlib.ExitStack()
+        self._poses = self._stack.enter_context(ImagePosesWriter(out_dir / POSES_FILE))
+        self._coco = self._stack.enter_context(CocoResultsWriter(out_dir / COCO_RESULTS_FILE))
+        self._images: list[dict[str, object]] = []
+
+    def add(self, report: ImageReport, poses: FramePoses) -> None:
+        image_id = len(self._images) + 1
+        self._coco.write(image_id, poses)
+        self._poses.write(report.name, report.width, report.height, poses)
+        self._images.append(
+            {"id": image_id, "file_name": report.name,
+             "width": report.width, "height": report.height}
+        )  # fmt: skip
+
+    def __enter__(self) -> ImageResultsWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            write_json(self.out_dir / COCO_IMAGES_FILE, {"images": self._images})
+        self._stack.__exit__(*exc)  # commits both, or discards both on an error

@@ -7,6 +7,7 @@ run still going (another rank of the same job, say). The writers of `realtime.io
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -21,6 +22,11 @@ _PART = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)@(?P<host>[^/@]+)\.)?[0-9a
 _HOST = socket.gethostname().replace("@", "_").replace("/", "_") or "localhost"
 
 
+def owner_tag() -> str:
+    """How this process signs its temporary files: `PID@HOST`."""
+    return f"{os.getpid()}@{_HOST}"
+
+
 class AtomicPath:
     """A temporary sibling of `final` that becomes `final` on commit (same folder, same disk)."""
 
@@ -30,7 +36,7 @@ class AtomicPath:
             raise FileNotFoundError(f"output folder does not exist: {self.final.parent}")
         if self.final.is_dir():
             raise IsADirectoryError(f"output path is a folder: {self.final}")
-        owner = f"{os.getpid()}@{_HOST}"
+        owner = owner_tag()
         self.temp = self.final.with_name(f".{self.final.name}.{owner}.{uuid.uuid4().hex[:8]}.part")
 
     def commit(self) -> None:
@@ -58,6 +64,18 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def remove_parts_of(final: str | Path, owner: str) -> list[Path]:
+    """Delete the temporary files for `final` that the process `owner` (`owner_tag()` there:
+    `PID@HOST`, on any host sharing the folder) left when it died. Returns the paths removed."""
+    final = Path(final)
+    removed = []
+    for path in final.parent.glob(f".{glob.escape(final.name)}.{glob.escape(owner)}.*.part"):
+        if _PART.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def remove_stale_parts(folder: str | Path) -> list[Path]:
