@@ -19,10 +19,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from realtime.batch import distributed
-from realtime.batch.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, process_images
+from realtime.batch.images import (
+    COCO_IMAGES_FILE,
+    COCO_RESULTS_FILE,
+    POSES_FILE,
+    ImageReport,
+    process_images,
+)
 from realtime.batch.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
+from realtime.batch.output_guard import refuse_outputs_on_inputs
 from realtime.batch.usage import Interrupted, UsageError, check_out_dir, load_pipeline
-from realtime.batch.videos import describe_error, process_video
+from realtime.batch.videos import describe_error, output_paths, partial_paths, process_video
 from realtime.io.atomic_files import remove_stale_parts
 from realtime.render import render_frame
 from realtime.stream.assemble import PipelineSpec
@@ -62,6 +69,8 @@ def run_videos(
             problems.append((str(item.path), "an image, not a video: use `app.py images`"))
         else:
             inputs.append(item)
+    written = [p for i in inputs for p in (*output_paths(i.name, out), *partial_paths(i.name, out))]
+    refuse_outputs_on_inputs([i.path for i in inputs], written, f"--out {out}")
     remove_stale_parts(out)
     distributed.start(ranks)
     tag = f"[{ranks.label}] " if ranks.distributed else ""
@@ -150,6 +159,9 @@ def run_images(specs: Sequence[str | Path], out: Path, options: PipelineSpec) ->
     found = expand_inputs(specs, IMAGE_SUFFIXES, keep_suffix=True, exclude=out, kind="image")
     for spec, why in found.unmatched:
         _say(f"FAILED {spec}: {why}")
+    shared = [out / POSES_FILE, out / COCO_RESULTS_FILE, out / COCO_IMAGES_FILE]
+    written = shared + [out / item.name for item in found.files]
+    refuse_outputs_on_inputs([item.path for item in found.files], written, f"--out {out}")
     remove_stale_parts(out)
     failed = [spec for spec, _ in found.unmatched]
     total = len(found.unmatched) + len(found.files)
