@@ -65,6 +65,13 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
         help="YOLO detection weights (.pt, or a model .yaml); default: a verified one in weights/",
     )
     models.add_argument(
+        "--trust",
+        action="store_true",
+        help="load --detector (and bench --reference-weights) files the manifest has no hash "
+        "for: .pt files are unpickled, which runs any code they hold (default: off, only files "
+        "with a manifest hash and model .yaml files)",
+    )
+    models.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)"
     )
     models.add_argument(
@@ -163,6 +170,7 @@ def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
             max_det=args.det_max,
             half=args.half or args.precision == "fp16",
             precision="auto" if args.precision == "fp16" else args.precision,
+            trust=args.trust,
         ),
         pipeline=PipelineConfig(
             det_every=args.det_every,

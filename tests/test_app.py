@@ -364,8 +364,10 @@ def test_user_errors_are_one_clear_line(tmp_path, pose_checkpoint, make_clip):
     bad_weights.write_bytes(b"not a checkpoint" * 100)
     (tmp_path / "a_file").write_text("")
     cases = {
-        "--detector": (["--detector", str(bad_weights)],
+        "--detector": (["--detector", str(bad_weights), "--trust"],
                        f"--detector {bad_weights}: cannot load it: "),
+        "untrusted": (["--detector", str(bad_weights)],
+                      f"--detector {bad_weights}: loading it unpickles it, which runs any code"),
         "--out": (["--out", "a_file"], "--out a_file: a file is in the way; give a folder"),
         "--device": (["--device", "nonsense"], "--device nonsense: not a device"),
     }  # fmt: skip

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from realtime.stream.assemble import PipelineSpec, build_pipeline
 from realtime.stream.pipeline import PosePipeline
+from realtime.weights.verify import UntrustedWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def load_pipeline(options: PipelineSpec) -> PosePipeline:
         return build_pipeline(options)
     except (KeyboardInterrupt, UsageError):
         raise
+    except UntrustedWeightsError as err:
+        raise UsageError(f"--detector {err}") from None
     except Exception as err:
         logger.debug("loading the models failed", exc_info=True)
         if _raised_in(err, ("realtime/detect/detector.py", "ultralytics")):
