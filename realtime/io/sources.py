@@ -32,6 +32,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 LIVE_URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp"})
 DEFAULT_FPS = 30.0  # used when a source does not report its frame rate
 _CAMERA_DEVICE = re.compile(r"^/dev/video\d+$")
+_HELD_DAMAGED = 16  # damaged frames held back to see whether the data goes on after them
 
 
 class VideoSource(FrameSource):
@@ -70,6 +71,7 @@ class VideoSource(FrameSource):
             self._name = name
             self._expected = stream.frames or None
             self._discarded = 0
+            self._data_end: float | None = None  # seconds: how far any stream's packets reach
             self._frames = self._decode(stream)
             try:
                 first = next(self._frames)
@@ -104,12 +106,22 @@ class VideoSource(FrameSource):
 
     def _decode(self, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
         """Demux and decode by hand: with frame threading, `container.decode` drops the
-        decoder's error on a cut-off last packet, so a damaged packet is caught here."""
+        decoder's error on a cut-off last packet, so a damaged packet is caught here; the
+        frames the decoder still holds then are flushed out first, as they are intact. Audio
+        packets are read only for how far the file's data reaches (`_data_end`)."""
         packets = 0
-        for packet in self._container.demux(stream):
+        for packet in self._container.demux(stream, *self._container.streams.audio):
+            if packet.pts is not None and packet.time_base is not None:
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                self._data_end = max(end, self._data_end or end)
+            if packet.stream is not stream:
+                continue
             packets += packet.size > 0
             if packet.is_corrupt:
                 of = f" of {self._expected}" if self._expected else ""
+                for held in stream.decode(None):  # flushed frames come without a time base
+                    held.time_base = stream.time_base
+                    yield held
                 raise IncompleteVideoError(
                     f"{self._name}: the data ends or is damaged at frame {packets}{of} "
                     "(a cut-off or damaged file)"
@@ -123,14 +135,43 @@ class VideoSource(FrameSource):
         frames = self._frames
         yield self._convert(0, self._first, fps)
         self._first = None
-        index = 0
-        for index, frame in enumerate(frames, start=1):
-            yield self._convert(index, frame, fps)
+        index, damaged = 0, []  # frames the decoder patched up, not yet followed by a sound one
+        for frame in frames:  # (a file cut inside a frame ends in such a frame)
+            if frame.is_corrupt and len(damaged) < _HELD_DAMAGED:
+                damaged.append(frame)
+                continue
+            for held in (*damaged, frame):
+                index += 1
+                yield self._convert(index, held, fps)
+            damaged = []
         expected = self._expected and self._expected - self._discarded
-        if expected and index + 1 < expected and not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        if damaged:
+            raise IncompleteVideoError(
+                f"{self.info.name}: the data breaks off inside frame {index + 2} (it decodes "
+                "damaged; a cut-off or damaged file)"
+            )
+        if expected and index + 1 < expected:
             raise IncompleteVideoError(
                 f"{self.info.name}: the file ends after frame {index + 1} but its header lists "
                 f"{expected} frames (a cut-off file)"
+            )
+        if not expected:
+            self._check_duration(index + 1)
+
+    def _check_duration(self, frames: int) -> None:
+        """A container without a frame count (Matroska, WebM, MPEG-TS): the duration its header
+        lists must be reached by the packets read (of the video or the audio), to within two
+        frames. A cut-off file's data stops short of it."""
+        container = self._container
+        if container.duration is None or self._data_end is None:
+            return
+        listed = ((container.start_time or 0) + container.duration) / av.time_base
+        if self._data_end < listed - max(2 / self.info.fps, 0.1):
+            raise IncompleteVideoError(
+                f"{self.info.name}: the data ends at {self._data_end:.2f} s (frame {frames}) "
+                f"but the container lists {listed:.2f} s (a cut-off file)"
             )
 
     @staticmethod

@@ -115,6 +115,19 @@ def test_cut_off_fast_start_mp4_leaves_nothing_under_its_names(tmp_path: Path, m
     assert _leftovers(out) == ["clip.jsonl", "clip.mp4"]
 
 
+def test_cut_off_matroska_is_a_failed_input_with_partial_outputs(tmp_path: Path, make_clip):
+    full = make_clip(tmp_path / "full.mkv", frames=40, size=(48, 64))
+    clip = tmp_path / "clip.mkv"
+    clip.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    out = tmp_path / "out"
+    report = process_video(clip, out, SquareFinder(), render_frame)
+    assert report.error is not None and "but the container lists 4.00 s" in report.error
+    assert (report.video, report.jsonl) == partial_paths("clip", out)
+    assert _leftovers(out) == ["clip.partial.jsonl", "clip.partial.mp4"]
+    lines = report.jsonl.read_text().splitlines()
+    assert 0 < report.frames < 40 and len(lines) == report.frames
+
+
 def test_an_input_broken_from_its_first_frame_leaves_nothing(tmp_path: Path, make_clip):
     full = make_clip(tmp_path / "full.mp4", frames=30, size=(48, 64), faststart=True)
     clip = tmp_path / "clip.mp4"
