@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ccm.poses import FramePoses
+from realtime.io.atomic_files import close_together, full_disk_message
 from realtime.io.frames import Frame
 from realtime.io.sinks import JsonlWriter, Mp4Writer
 from realtime.io.sources import open_source
@@ -138,6 +139,7 @@ def process_video(
                     raise
                 writer.close()
                 report.stage_ms = writer.mean_stage_ms()
+                close_together(video, jsonl)  # both outputs, or neither
         report.video, report.jsonl = video.path, jsonl.path
         if read_error is not None:
             raise read_error
@@ -146,7 +148,7 @@ def process_video(
     except Exception as err:  # a bad input is reported, never aborts the batch
         logger.debug("failed on %s", source, exc_info=True)
         cause = err.__cause__ if isinstance(err, _ReadError) else err
-        report.error = describe_error(cause, source)
+        report.error = full_disk_message(cause, out_dir) or describe_error(cause, source)
         if report.frames and read_error is None:
             report.error += f" (stopped after {report.frames} frames; nothing written)"
         if read_error is not None and report.video is not None:

@@ -7,12 +7,14 @@ run still going (another rank of the same job, say). The writers of `realtime.io
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import socket
 import uuid
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,62 @@ class AtomicPath:
 
     def discard(self) -> None:
         self.temp.unlink(missing_ok=True)
+
+
+class StagedOutput(Protocol):
+    """A writer whose output is finished in a temporary file before it is renamed into place
+    (the writers of `realtime.io.sinks`)."""
+
+    path: Path
+
+    def finish(self) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def close_together(*writers: StagedOutput) -> None:
+    """Finish every writer's temporary file, then rename them all into place: the outputs of
+    one input are committed together or not at all. On failure every temporary file (and any
+    output this call already renamed) is deleted, and the error raised."""
+    try:
+        for writer in writers:
+            writer.finish()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    done: list[Path] = []
+    try:
+        for writer in writers:
+            writer.commit()
+            done.append(writer.path)
+    except BaseException:
+        for path in done:
+            path.unlink(missing_ok=True)
+        for writer in writers:
+            writer.abort()
+        raise
+
+
+def full_disk_message(err: BaseException, folder: Path) -> str | None:
+    """One line naming the full file system when `err` (or an error it came from) is "no space
+    left" or "quota exceeded"; None for any other error."""
+    seen: BaseException | None = err
+    while seen is not None and getattr(seen, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    mount = Path(os.path.abspath(folder))
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        stat = os.statvfs(folder)
+        kib = stat.f_frsize / 1024
+        free = f"{stat.f_bavail * kib:.0f} KiB free of {stat.f_blocks * kib:.0f} KiB"
+    except OSError:
+        free = "free space unknown"
+    what = "quota exceeded" if seen.errno == errno.EDQUOT else "no space left"
+    return f"{what} on the file system mounted at {mount} (holding {folder}; {free})"
 
 
 def _process_alive(pid: int) -> bool:

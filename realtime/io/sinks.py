@@ -207,6 +207,12 @@ class Mp4Writer:
         """Flush the encoder, finish the file and move it to its final path."""
         if self._closed:
             return
+        self.finish()
+        self.commit()
+
+    def finish(self) -> None:
+        """Flush the encoder and finish the temporary file, not yet under its final name
+        (`commit` puts it there). On failure the temporary file is deleted."""
         try:
             if self._video is None:
                 raise ValueError(f"{self.path}: no frames were written")
@@ -215,12 +221,15 @@ class Mp4Writer:
             self._mux_audio_until((self._last_tick + 1) * self._time_base)
             self._out.close()
             self._closed = True
-            self._file.commit()
         except BaseException:
             self.abort()
             raise
         finally:
             self._close_audio()
+
+    def commit(self) -> None:
+        """Move the finished file to its final path."""
+        self._file.commit()
         log.info("wrote %s (%d frames)", self.path, self.frames_written)
 
     def keep_as(self, path: str | Path) -> None:
@@ -270,20 +279,33 @@ class _AtomicTextWriter:
     def close(self) -> None:
         if self._fh is None:
             return
+        self.finish()
+        self.commit()
+
+    def finish(self) -> None:
+        """Write the rest and close the temporary file, not yet under its final name."""
         try:
             self._finish()
-            self._fh.close()
+            self._fh.close()  # flushes: where a full disk shows
             self._fh = None
-            self._file.commit()
         except BaseException:
             self.abort()
             raise
 
+    def commit(self) -> None:
+        self._file.commit()
+
     def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self._file.discard()
+        """Drop the output; never raises for the file it throws away (a full disk fails the
+        close's flush, and the temporary file must go all the same)."""
+        try:
+            if self._fh is not None:
+                fh, self._fh = self._fh, None
+                fh.close()
+        except OSError:
+            log.debug("closing the aborted %s failed", self._file.temp, exc_info=True)
+        finally:
+            self._file.discard()
 
     def __enter__(self: _Writer) -> _Writer:
         return self

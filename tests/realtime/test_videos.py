@@ -3,7 +3,9 @@ orientation, under the names given, and nothing left behind by an interrupt."""
 
 from __future__ import annotations
 
+import errno
 import json
+import subprocess
 import threading
 from pathlib import Path
 
@@ -178,3 +180,75 @@ def test_missing_and_undecodable_inputs_are_reports_not_exceptions(tmp_path: Pat
     assert describe_error(MemoryError(), "x") == "MemoryError"
     assert describe_error(KeyError("k"), "x") == "KeyError: 'k'"
     assert describe_error(ValueError("x: bad"), "x") == "bad"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """Mounts a tmpfs of the size asked for (KiB) at tmp_path/"disk"; skips where mounting is
+    not permitted (not root, or in a container without the right)."""
+    mounted: list[Path] = []
+
+    def mount(kib: int) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        command = ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(point)]
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_a_full_disk_loses_nothing_and_names_the_file_system(tmp_path, make_clip, small_tmpfs):
+    clip = make_clip(tmp_path / "clip.mp4", frames=40, size=(120, 160))
+    reference = process_video(clip, tmp_path / "ref", SquareFinder(), render_frame)
+    sizes = [p.stat().st_size for p in (reference.video, reference.jsonl)]
+    video_size, jsonl_size = sizes
+    # Room for the JSONL and half the mp4; then not even for half the JSONL.
+    for kib in ((jsonl_size + video_size // 2) // 4096 * 4, jsonl_size // 2 // 4096 * 4 or 4):
+        disk = small_tmpfs(kib)
+        report = process_video(clip, disk, SquareFinder(), render_frame)
+        assert report.error is not None and report.error.startswith(
+            f"no space left on the file system mounted at {disk} (holding {disk}; "
+        ), report.error
+        assert report.error.endswith("frames; nothing written)")
+        assert f"KiB free of {kib} KiB" in report.error
+        assert (report.video, report.jsonl) == (None, None)
+        assert _leftovers(disk) == []  # no final name, no temporary file
+
+
+def test_an_injected_enospc_at_either_writer_leaves_no_file(tmp_path, make_clip, monkeypatch):
+    from realtime.io import sinks
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=6)
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def failing_finish(self):
+        self.abort()
+        raise full
+
+    with monkeypatch.context() as patch:  # the mp4 fails: the JSONL must not stay
+        patch.setattr(sinks.Mp4Writer, "finish", failing_finish)
+        report = process_video(clip, tmp_path / "a", SquareFinder(), render_frame)
+    assert report.error.startswith("no space left on the file system mounted at ")
+    assert report.error.endswith("(stopped after 6 frames; nothing written)")
+    assert _leftovers(tmp_path / "a") == []
+
+    class FullOnClose:  # buffered text that fails to flush when closed, as on a full disk
+        def __init__(self, *args, **kwargs):
+            self._fh = open(*args, **kwargs)  # noqa: SIM115
+
+        def write(self, text):
+            return self._fh.write(text)
+
+        def close(self):
+            self._fh.close()
+            raise full
+
+    monkeypatch.setattr(sinks, "open", FullOnClose, raising=False)
+    report = process_video(clip, tmp_path / "b", SquareFinder(), render_frame)
+    assert report.error.startswith("no space left on the file system mounted at ")
+    assert _leftovers(tmp_path / "b") == []  # the JSONL's temporary file too
