@@ -29,6 +29,7 @@ from ccm.refine import DECODE_METHODS  # noqa: E402
 from realtime.batch.usage import (  # noqa: E402
     Interrupted,
     UsageError,
+    add_output_arguments,
     check_device,
     describe,
     install_signal_handlers,
@@ -195,13 +196,14 @@ def run_video(args: argparse.Namespace) -> int:
     from realtime.batch.cli import run_videos
 
     specs = args.inputs or [SYNTHETIC_WALK]
-    return run_videos(specs, args.out, pipeline_options(args), skip_existing=args.skip_existing)
+    options = pipeline_options(args)
+    return run_videos(specs, args.out, options, args.skip_existing, overwrite=args.overwrite)
 
 
 def run_images(args: argparse.Namespace) -> int:
     from realtime.batch.cli import run_images
 
-    return run_images(args.inputs, args.out, pipeline_options(args))
+    return run_images(args.inputs, args.out, pipeline_options(args), overwrite=args.overwrite)
 
 
 def run_ui(args: argparse.Namespace) -> int:
@@ -276,10 +278,7 @@ def parser() -> argparse.ArgumentParser:
         help="video files, folders (searched recursively) or glob patterns; an existing path is "
         "always taken literally (default: the bundled demo clip)",
     )
-    video.add_argument("--out", type=Path, default=Path("out"), help="output folder")
-    video.add_argument(
-        "--skip-existing", action="store_true", help="skip inputs whose two outputs already exist"
-    )
+    add_output_arguments(video, resumable=True)
     add_pipeline_arguments(video)
     video.set_defaults(run=run_video)
 
@@ -295,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
     )
     images.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) "
                         "or glob patterns; an existing path is always taken literally")  # fmt: skip
-    images.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+    add_output_arguments(images, resumable=False)
     add_pipeline_arguments(images, temporal=False)
     images.set_defaults(run=run_images)
 

@@ -404,5 +404,8 @@ def test_help_shows_every_default():
             assert "default" in formatter._get_help_string(action), (name, action.dest)
     video = " ".join(commands.choices["video"].format_help().split())
     assert "--blur BLUR Gaussian filter size on heatmaps (GF); 0 = off (default: 11)" in video
-    assert "--skip-existing skip inputs whose two outputs already exist (default: off)" in video
+    assert (
+        "--skip-existing skip inputs whose two outputs already exist and were made from the "
+        "same file (default: off)"
+    ) in video
     assert "--out OUT output folder (default: out)" in video

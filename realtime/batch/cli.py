@@ -55,7 +55,11 @@ def _video_input_problems(found: ExpandedInputs) -> list[tuple[str, str]]:
 
 
 def run_videos(
-    specs: Sequence[str | Path], out: Path, options: PipelineSpec, skip_existing: bool = False
+    specs: Sequence[str | Path],
+    out: Path,
+    options: PipelineSpec,
+    skip_existing: bool = False,
+    overwrite: bool = False,
 ) -> int:
     """`app.py video`: every video of `specs` -> OUT/name.mp4 and OUT/name.jsonl. Under
     torchrun each rank runs its share on its own device and rank 0 prints the summary."""
@@ -100,7 +104,7 @@ def run_videos(
 
                     report = process_video(
                         item.path, out, pipeline, render_frame, progress, skip_existing,
-                        name=item.name,
+                        name=item.name, overwrite=overwrite,
                     )  # fmt: skip
                 bar.update(1)
                 rows.append((str(item.path), report.error))
@@ -152,7 +156,9 @@ def _size(path: Path) -> int:
         return 0
 
 
-def run_images(specs: Sequence[str | Path], out: Path, options: PipelineSpec) -> int:
+def run_images(
+    specs: Sequence[str | Path], out: Path, options: PipelineSpec, overwrite: bool = False
+) -> int:
     """`app.py images`: every image of `specs` posed on its own (temporal fusion off) ->
     OUT/poses.jsonl, OUT/coco_results.json, OUT/coco_images.json and rendered images."""
     check_out_dir(out)
@@ -162,6 +168,12 @@ def run_images(specs: Sequence[str | Path], out: Path, options: PipelineSpec) ->
     shared = [out / POSES_FILE, out / COCO_RESULTS_FILE, out / COCO_IMAGES_FILE]
     written = shared + [out / item.name for item in found.files]
     refuse_outputs_on_inputs([item.path for item in found.files], written, f"--out {out}")
+    earlier = [path for path in shared if path.exists()]
+    if earlier and found.files and not overwrite:
+        raise UsageError(
+            f"--out {out}: {earlier[0]} exists (an earlier run); pass --overwrite to replace "
+            "it, or choose another --out"
+        )
     remove_stale_parts(out)
     failed = [spec for spec, _ in found.unmatched]
     total = len(found.unmatched) + len(found.files)

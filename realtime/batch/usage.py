@@ -94,6 +94,23 @@ def number(
     return parse
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, resumable: bool) -> None:
+    """`--out`, `--overwrite` and (`video`) `--skip-existing`."""
+    parser.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+    if resumable:
+        parser.add_argument(
+            "--skip-existing",
+            action="store_true",
+            help="skip inputs whose two outputs already exist and were made from the same file",
+        )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs under the same names that another input (or an earlier run of "
+        "other inputs) left; without it they are kept and that input fails",
+    )
+
+
 def check_device(device: str) -> str:
     """`--device` as torch reads it, or a UsageError saying what to use instead."""
     import torch

@@ -72,6 +72,7 @@ class Mp4Writer:
             the end of the last written frame. A codec mp4 cannot hold is skipped with a warning.
         crf: x264 constant rate factor (lower = better; 18-23 is visually near lossless).
         preset: x264 speed preset.
+        comment: text for the container's comment tag (what the video was made from).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class Mp4Writer:
         audio: AudioTrack | None = None,
         crf: int = 20,
         preset: str = "veryfast",
+        comment: str | None = None,
     ) -> None:
         if not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
@@ -100,6 +102,8 @@ class Mp4Writer:
         self._out = av.open(
             str(self._file.temp), "w", format="mp4", options={"movflags": "+faststart"}
         )
+        if comment is not None:
+            self._out.metadata["comment"] = comment
         try:
             if audio is not None:
                 self._open_audio(audio)

@@ -54,3 +54,17 @@ def test_links_and_other_spellings_reach_the_same_file(tmp_path):
     # Distinct files, and outputs that do not exist yet, pass.
     (tmp_path / "y.mp4").write_bytes(b"video")
     refuse_outputs_on_inputs([source], [tmp_path / "y.mp4", tmp_path / "new.mp4"], "--out o")
+
+
+def test_a_second_images_run_into_the_same_folder_needs_overwrite(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"never read")
+    out = tmp_path / "posed"
+    out.mkdir()
+    (out / "poses.jsonl").write_text('{"image": "earlier.jpg"}\n')
+    with pytest.raises(
+        UsageError,
+        match=f"--out {out}: {out / 'poses.jsonl'} exists \\(an earlier run\\); pass --overwrite",
+    ):
+        run_images([str(tmp_path / "photos")], out, PipelineSpec())
+    assert (out / "poses.jsonl").read_text() == '{"image": "earlier.jpg"}\n'

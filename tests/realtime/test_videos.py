@@ -158,6 +158,42 @@ def test_skip_existing_uses_the_output_name(tmp_path: Path, make_clip):
     assert _leftovers(out) == ["x.jsonl", "x.jsonl", "x.mp4", "x.mp4"]
 
 
+def test_skip_existing_skips_only_what_this_input_produced(tmp_path: Path, make_clip):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = make_clip(tmp_path / "a" / "clip.mp4", frames=3)
+    second = make_clip(tmp_path / "b" / "clip.mp4", frames=5)
+    out = tmp_path / "out"
+    assert process_video(first, out, SquareFinder(), render_frame).error is None
+    before = [p.read_bytes() for p in output_paths("clip", out)]
+    # A different clip with the same output name is not "done", and its results do not
+    # replace the first clip's without --overwrite.
+    other = process_video(second, out, SquareFinder(), render_frame, skip_existing=True)
+    assert not other.skipped and other.frames == 0
+    assert other.error == (
+        f"{out / 'clip.mp4'} or {out / 'clip.jsonl'} holds the results of {first.resolve()} "
+        f"({first.stat().st_size} bytes), not of this input; pass --overwrite to replace them, "
+        "or choose another --out"
+    )
+    assert [p.read_bytes() for p in output_paths("clip", out)] == before
+    plain = process_video(second, out, SquareFinder(), render_frame)
+    assert plain.error == other.error
+    # The same clip, also copied elsewhere, is done; --overwrite replaces another's results.
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(first.read_bytes())
+    again = process_video(copy, out, SquareFinder(), render_frame, None, True, name="clip")
+    assert again.skipped and [p.read_bytes() for p in output_paths("clip", out)] == before
+    replaced = process_video(second, out, SquareFinder(), render_frame, overwrite=True)
+    assert replaced.error is None and replaced.frames == 5
+    assert len(output_paths("clip", out)[1].read_text().splitlines()) == 5
+    # Files under the names that no run of ours made are never taken for done, nor replaced.
+    stranger = tmp_path / "out2"
+    stranger.mkdir()
+    (stranger / "clip.jsonl").write_text("my notes\n")
+    kept = process_video(second, stranger, SquareFinder(), render_frame, skip_existing=True)
+    assert "holds the results of a file of unknown origin" in kept.error
+    assert (stranger / "clip.jsonl").read_text() == "my notes\n"
+
+
 def test_interrupt_removes_partial_files_and_keeps_finished_ones(tmp_path: Path, make_clip):
     out = tmp_path / "out"
     done = make_clip(tmp_path / "done.mp4", frames=3)
