@@ -75,7 +75,7 @@ def run_videos(
             inputs.append(item)
     written = [p for i in inputs for p in (*output_paths(i.name, out), *partial_paths(i.name, out))]
     refuse_outputs_on_inputs([i.path for i in inputs], written, f"--out {out}")
-    remove_stale_parts(out)
+    remove_stale_parts(out, written)
     distributed.start(ranks)
     tag = f"[{ranks.label}] " if ranks.distributed else ""
     mine = distributed.shard(inputs, [_size(i.path) for i in inputs], ranks)
@@ -174,7 +174,7 @@ def run_images(
             f"--out {out}: {earlier[0]} exists (an earlier run); pass --overwrite to replace "
             "it, or choose another --out"
         )
-    remove_stale_parts(out)
+    remove_stale_parts(out, written)
     failed = [spec for spec, _ in found.unmatched]
     total = len(found.unmatched) + len(found.files)
     state = {"done": 0}

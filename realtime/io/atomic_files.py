@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -118,21 +119,30 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_parts(folder: str | Path) -> list[Path]:
+def remove_stale_parts(folder: str | Path, outputs: Iterable[Path] | None = None) -> list[Path]:
     """Delete the temporary files that killed runs left in `folder` and its subfolders.
 
     A temporary file is stale when the process that wrote it, on this host, no longer runs
     (or its name records no owner). Files of live processes and of other hosts sharing the
-    folder are kept. Returns the paths removed.
+    folder are kept. With `outputs` (the final paths a run writes) only the temporary files of
+    those names are candidates, so a file of the same pattern that something else put there is
+    left alone. Returns the paths removed.
     """
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for root, _dirs, files in os.walk(folder):
+    wanted: dict[str, set[str]] | None = None
+    if outputs is not None:
+        wanted = {}
+        for output in outputs:
+            wanted.setdefault(os.path.abspath(output.parent), set()).add(output.name)
+    walk = os.walk(folder) if wanted is None else _listed(wanted)
+    for root, _dirs, files in walk:
+        names = None if wanted is None else wanted.get(os.path.abspath(root), set())
         for name in files:
             match = _PART.match(name)
-            if match is None:
+            if match is None or (names is not None and match.group("name") not in names):
                 continue
             pid, host = match.group("pid"), match.group("host")
             if pid is not None and (host != _HOST or _process_alive(int(pid))):
@@ -146,3 +156,12 @@ def remove_stale_parts(folder: str | Path) -> list[Path]:
     if removed:
         log.info("removed %d unfinished file(s) of earlier runs in %s", len(removed), folder)
     return removed
+
+
+def _listed(folders: dict[str, set[str]]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk`'s rows for just these folders (those that exist), not their subfolders."""
+    for folder in folders:
+        try:
+            yield folder, [], os.listdir(folder)
+        except OSError:
+            continue
