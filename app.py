@@ -21,7 +21,15 @@ import signal
 import sys
 from pathlib import Path
 
-from realtime.offline import configure_offline
+if __name__ == "__main__":  # Ctrl-C / SIGTERM while torch loads: one line, not a traceback
+
+    def _starting(signum: int, frame: object) -> None:
+        print(f"stopped by {signal.Signals(signum).name} while starting", file=sys.stderr)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, _starting), signal.signal(signal.SIGTERM, _starting)
+
+from realtime.offline import configure_offline  # noqa: E402
 
 configure_offline()  # before ultralytics or gradio is imported
 
@@ -67,12 +75,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
         type=Path,
         help="YOLO detection weights (.pt, or a model .yaml); default: a verified one in weights/",
     )
-    models.add_argument(
-        "--trust",
-        action="store_true",
-        help="load --detector / --reference-weights files with no manifest hash: a .pt is "
-        "unpickled, which runs any code in it (default: off; known files and .yaml only)",
-    )
+    models.add_argument("--trust", action="store_true", help="load --detector / --reference-weights"
+                        " files with no manifest hash: a .pt is unpickled, which runs any code "
+                        "in it (default: off; known files and .yaml only)")  # fmt: skip
     models.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)"
     )
@@ -196,8 +201,7 @@ def run_video(args: argparse.Namespace) -> int:
     from realtime.batch.cli import run_videos
 
     specs = args.inputs or [SYNTHETIC_WALK]
-    options = pipeline_options(args)
-    return run_videos(specs, args.out, options, args.skip_existing, overwrite=args.overwrite)
+    return run_videos(specs, args.out, pipeline_options(args), args.skip_existing, args.overwrite)
 
 
 def run_images(args: argparse.Namespace) -> int:
@@ -209,9 +213,8 @@ def run_images(args: argparse.Namespace) -> int:
 def run_ui(args: argparse.Namespace) -> int:
     from realtime.ui.page import launch
 
-    launch(
-        pipeline_options(args), port=args.port, share=args.share, max_upload_mb=args.max_upload_mb
-    )
+    options = pipeline_options(args)
+    launch(options, port=args.port, share=args.share, max_upload_mb=args.max_upload_mb)
     return 0
 
 

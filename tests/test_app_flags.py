@@ -61,3 +61,26 @@ def test_values_in_range_pass_with_their_types(app):
     assert (args.det_size, args.det_every, args.batch_size) == (320, 1, 8)
     assert isinstance(args.blur, int) and isinstance(args.min_score, float)
     assert app.parser().parse_args(["video", "--blur", "7"]).blur == 7
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch load")
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "video", "--out", str(tmp_path / "out")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    maps = Path(f"/proc/{process.pid}/maps")
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        if "libtorch" in maps.read_text(errors="replace"):  # torch is loading: imports go on
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == ["stopped by SIGINT while starting"], err
