@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -61,9 +62,9 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
 class Mp4Writer:
     """H.264 (libx264, yuv420p, BT.709) mp4 at the source's frame rate, audio copied as is.
 
-    Frames are placed at their pts on a 1/fps grid (exact for files; a live source's gaps and
-    dropped frames keep their real timing). Odd widths or heights are padded by one edge pixel
-    on the right / bottom, because yuv420p needs even sizes; coordinates are unchanged.
+    Frames keep their pts (exact on the 1/fps grid, else to 1/90000 s), so a variable frame
+    rate and a live source's gaps and dropped frames keep their timing. Odd widths or heights
+    are padded by one edge pixel on the right / bottom (yuv420p needs even sizes).
 
     Args:
         path: the final .mp4 path; its folder must exist.
@@ -72,7 +73,7 @@ class Mp4Writer:
             the end of the last written frame. A codec mp4 cannot hold is skipped with a warning.
         crf: x264 constant rate factor (lower = better; 18-23 is visually near lossless).
         preset: x264 speed preset.
-        comment: text for the container's comment tag (what the video was made from).
+        comment: the container's comment tag (what the video was made from).
     """
 
     def __init__(
@@ -90,7 +91,8 @@ class Mp4Writer:
         self._file = AtomicPath(path)
         self.path = self._file.final
         self.rate = Fraction(fps).limit_denominator(1001)
-        self._time_base = 1 / self.rate
+        self._time_base = _time_base(self.rate)
+        self._frame_ticks = round(1 / (self.rate * self._time_base))  # one frame period
         self._crf, self._preset = crf, preset
         self._video: av.VideoStream | None = None
         self._size: tuple[int, int] | None = None  # (height, width) of the frames given
@@ -168,10 +170,9 @@ class Mp4Writer:
             )
         if width % 2 or height % 2:
             image = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-        tick = self._last_tick + 1 if pts is None else round(Fraction(pts) / self._time_base)
-        # Two live frames closer than one frame period would share a tick; mp4 needs them
-        # strictly increasing.
-        tick = max(tick, self._last_tick + 1)
+        after = self._last_tick + self._frame_ticks if self._last_tick >= 0 else 0
+        tick = after if pts is None else round(Fraction(pts) / self._time_base)
+        tick = max(tick, self._last_tick + 1)  # mp4 needs them strictly increasing
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame = frame.reformat(
             format="yuv420p",
@@ -215,14 +216,13 @@ class Mp4Writer:
         self.commit()
 
     def finish(self) -> None:
-        """Flush the encoder and finish the temporary file, not yet under its final name
-        (`commit` puts it there). On failure the temporary file is deleted."""
+        """Flush the encoder and finish the temporary file (deleted on failure); `commit`."""
         try:
             if self._video is None:
                 raise ValueError(f"{self.path}: no frames were written")
             for packet in self._video.encode(None):
                 self._out.mux(packet)
-            self._mux_audio_until((self._last_tick + 1) * self._time_base)
+            self._mux_audio_until((self._last_tick + self._frame_ticks) * self._time_base)
             self._out.close()
             self._closed = True
         except BaseException:
@@ -265,6 +265,12 @@ class Mp4Writer:
             self.abort()
 
 
+def _time_base(rate: Fraction) -> Fraction:
+    """1/N s, N a multiple of 90000 and of the rate's numerator: k / rate is exact for all k."""
+    ticks = math.lcm(90000, rate.numerator)
+    return Fraction(1, ticks if ticks <= 10**7 else 90000)
+
+
 class _AtomicTextWriter:
     """A text file written through `AtomicPath`; the base of the JSON writers."""
 
@@ -300,8 +306,7 @@ class _AtomicTextWriter:
         self._file.commit()
 
     def abort(self) -> None:
-        """Drop the output; never raises for the file it throws away (a full disk fails the
-        close's flush, and the temporary file must go all the same)."""
+        """Drop the output: the temporary file goes even when closing it fails (a full disk)."""
         try:
             if self._fh is not None:
                 fh, self._fh = self._fh, None
