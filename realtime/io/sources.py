@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from realtime.io.frames import AudioTrack, Frame, FrameSource, IncompleteVideoError, SourceInfo
+from realtime.io.image_header import exif_orientation
 
 log = logging.getLogger(__name__)
 
@@ -221,28 +222,19 @@ _EXIF_ORIENTATIONS = {1: (0, False), 2: (0, True), 3: (2, False), 4: (2, True),
                       5: (1, True), 6: (3, False), 7: (3, True), 8: (1, False)}  # fmt: skip
 
 
-def _exif_orientation(path: Path) -> int:
-    from PIL import Image  # only the header is read
-
-    try:
-        with Image.open(path) as image:
-            return int(image.getexif().get(0x0112, 1))
-    except Exception:  # no EXIF, or a format Pillow does not know: as stored
-        return 1
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB, C-contiguous, in the orientation EXIF says to show.
 
     8- and 16-bit (scaled by 255/65535), gray, gray+alpha and RGBA images are accepted;
     transparent pixels are composited over white. Raises ValueError naming the file if it
-    cannot be decoded.
+    cannot be decoded or is too large (`realtime.io.image_header.max_image_pixels`).
     """
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise ValueError(f"{path}: cannot read the file: {err.strerror or err}") from err
+    orientation = exif_orientation(path)  # from the header; refuses a huge image undecoded
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise ValueError(f"{path}: not a readable image (damaged, or a format OpenCV lacks)")
@@ -264,7 +256,7 @@ def read_image(path: str | Path) -> np.ndarray:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     else:
         raise ValueError(f"{path}: {image.shape[2]}-channel images are not supported")
-    turns, mirror = _EXIF_ORIENTATIONS.get(_exif_orientation(path), (0, False))
+    turns, mirror = _EXIF_ORIENTATIONS.get(orientation, (0, False))
     if mirror:
         image = cv2.flip(image, 1)
     return np.ascontiguousarray(_turn(image, turns))
