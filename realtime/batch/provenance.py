@@ -1,10 +1,11 @@
 """Which input a rendered video came from, recorded in the video itself.
 
 The rendered mp4 carries a fingerprint of its source in its `comment` tag (a small JSON
-object: the source's path, size in bytes and the SHA-256 of its first MiB), written with it and
-committed with it. `--skip-existing` skips an input only when the outputs under its name carry
-its own fingerprint, and without `--overwrite` outputs that came from another file (or from
-nowhere this can tell) are never replaced.
+object: the source's file name, size in bytes and the SHA-256 of its first MiB; no folder, so a
+served download says nothing of the server's paths), written and committed with it.
+`--skip-existing` skips an input only when the outputs under its name carry its own
+fingerprint, and without `--overwrite` outputs that came from another file (or from nowhere
+this can tell) are never replaced.
 
     mine = source_fingerprint(Path("clips/a.mp4"))
     earlier = recorded_source(Path("out/a.mp4"))     # None: no record
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import av
@@ -27,10 +27,10 @@ HEAD_BYTES = 1 << 20  # the part of the source hashed: enough to tell clips apar
 
 
 def source_fingerprint(path: Path) -> dict[str, object]:
-    """{"path": absolute path, "size": bytes, "head_sha256": SHA-256 of the first MiB}."""
+    """{"name": file name, "size": bytes, "head_sha256": SHA-256 of the first MiB}."""
     with open(path, "rb") as fh:
         head = hashlib.sha256(fh.read(HEAD_BYTES)).hexdigest()
-    return {"path": os.path.abspath(path), "size": path.stat().st_size, "head_sha256": head}
+    return {"name": path.name, "size": path.stat().st_size, "head_sha256": head}
 
 
 def fingerprint_tag(fingerprint: dict[str, object]) -> str:
@@ -52,7 +52,7 @@ def recorded_source(video: Path) -> dict[str, object] | None:
 
 def same_source(recorded: dict[str, object] | None, current: dict[str, object]) -> bool:
     """Whether a recorded fingerprint is the current file's: same size and first MiB (the
-    path may differ: a moved or copied clip is the same input)."""
+    name may differ: a moved or copied clip is the same input)."""
     if recorded is None:
         return False
     return (recorded.get("size"), recorded.get("head_sha256")) == (
@@ -71,4 +71,4 @@ def earlier_outputs(current: dict[str, object] | None, video: Path, jsonl: Path)
         return "same", ""
     if recorded is None:
         return "other", "a file of unknown origin"
-    return "other", f"{recorded.get('path', '?')} ({recorded.get('size', '?')} bytes)"
+    return "other", f"another file, {recorded.get('name', '?')} ({recorded.get('size', '?')} bytes)"

@@ -170,9 +170,9 @@ def test_skip_existing_skips_only_what_this_input_produced(tmp_path: Path, make_
     other = process_video(second, out, SquareFinder(), render_frame, skip_existing=True)
     assert not other.skipped and other.frames == 0
     assert other.error == (
-        f"{out / 'clip.mp4'} or {out / 'clip.jsonl'} holds the results of {first.resolve()} "
-        f"({first.stat().st_size} bytes), not of this input; pass --overwrite to replace them, "
-        "or choose another --out"
+        f"{out / 'clip.mp4'} or {out / 'clip.jsonl'} holds the results of another file, "
+        f"clip.mp4 ({first.stat().st_size} bytes), not of this input; pass --overwrite to "
+        "replace them, or choose another --out"
     )
     assert [p.read_bytes() for p in output_paths("clip", out)] == before
     plain = process_video(second, out, SquareFinder(), render_frame)
