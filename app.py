@@ -22,7 +22,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from realtime.offline import configure_offline
+if __name__ == "__main__":  # Ctrl-C / SIGTERM while torch loads: one line, not a traceback
+
+    def _starting(signum: int, frame: object) -> None:
+        print(f"stopped by {signal.Signals(signum).name} while starting", file=sys.stderr)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, _starting), signal.signal(signal.SIGTERM, _starting)
+
+from realtime.offline import configure_offline  # noqa: E402
 
 configure_offline()  # before ultralytics or gradio is imported
 
@@ -31,9 +39,11 @@ from ccm.refine import DECODE_METHODS  # noqa: E402
 from realtime.batch.usage import (  # noqa: E402
     Interrupted,
     UsageError,
+    add_output_arguments,
     check_device,
     describe,
     install_signal_handlers,
+    number,
 )
 from realtime.detect.detector import DetectorConfig  # noqa: E402
 from realtime.pose.estimator import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
@@ -50,6 +60,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ccm-pose")
 
 
+FRACTION, COUNT = number(float, 0, 1), number(int, 1)  # flag types: checked at parse time
 VERBOSE_HELP = "log debug messages, and show the traceback of any error (default: off)"
 
 
@@ -69,6 +80,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
         type=Path,
         help="YOLO detection weights (.pt, or a model .yaml); default: a verified one in weights/",
     )
+    models.add_argument("--trust", action="store_true", help="load --detector / --reference-weights"
+                        " files with no manifest hash: a .pt is unpickled, which runs any code "
+                        "in it (default: off; known files and .yaml only)")  # fmt: skip
     models.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)"
     )
@@ -87,7 +101,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
     )
     models.add_argument(
         "--batch-size",
-        type=int,
+        type=COUNT,
         default=4,
         help="frames of a file that go through the detector and the pose network together",
     )
@@ -97,41 +111,48 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
         "--decoder", choices=DECODE_METHODS, default="parabola", help="sub-pixel decoder (SOA)"
     )
     refine.add_argument(
-        "--blur", type=int, default=11, help="Gaussian filter size on heatmaps (GF); 0 = off"
+        "--blur",
+        type=number(int, 0, odd_or_zero=True),
+        default=11,
+        help="Gaussian filter size on heatmaps (GF); 0 = off",
     )
     refine.add_argument(
-        "--ssp-alpha", type=float, help="sub-pixel shift of flipped heatmaps; default: the model's"
+        "--ssp-alpha",
+        type=number(),
+        help="sub-pixel shift of flipped heatmaps; default: the model's",
     )
     refine.add_argument(
         "--nms", choices=NMS_METHODS, default="softnms", help="merging of duplicate detections"
     )
     refine.add_argument(
         "--nms-threshold",
-        type=float,
+        type=FRACTION,
         default=0.9,
         help="OKS above which two poses count as one person (lower merges more)",
     )
     detect = parser.add_argument_group("detection")
     detect.add_argument(
         "--det-every",
-        type=int,
+        type=COUNT,
         default=None,
         help="run the detector every N frames: a file's frames in between take boxes "
         "interpolated from the detections on either side, a camera's boxes predicted from its "
         f"tracks (default: every {FILE_DET_EVERY} frames for a file, every frame for a camera)",
     )
-    detect.add_argument("--det-conf", type=float, default=0.3, help="detector confidence threshold")
-    detect.add_argument("--det-iou", type=float, default=0.6, help="detector NMS IoU threshold")
-    detect.add_argument("--det-max", type=int, default=100, help="most people per frame")
+    detect.add_argument(
+        "--det-conf", type=FRACTION, default=0.3, help="detector confidence threshold"
+    )
+    detect.add_argument("--det-iou", type=FRACTION, default=0.6, help="detector NMS IoU threshold")
+    detect.add_argument("--det-max", type=COUNT, default=100, help="most people per frame")
     detect.add_argument(
         "--min-score",
-        type=float,
+        type=FRACTION,
         default=0.05,
         help="drop people scored below this (detector score x mean confident keypoint score)",
     )
     detect.add_argument(
         "--det-size",
-        type=int,
+        type=number(int, 32, multiple_of=32),
         help="detector input size (multiple of 32); default: the size its weights were trained "
         "at (640 for the COCO YOLO models)",
     )
@@ -211,6 +232,7 @@ def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
             max_det=args.det_max,
             half=args.half or args.precision == "fp16",
             precision="auto" if args.precision == "fp16" else args.precision,
+            trust=args.trust,
         ),
         pipeline=PipelineConfig(
             det_every=args.det_every,
@@ -228,22 +250,32 @@ def run_video(args: argparse.Namespace) -> int:
 
     specs = args.inputs or [SYNTHETIC_WALK]
     return run_videos(
-        specs, args.out, pipeline_options(args), args.skip_existing, ray=ray_options(args)
+        specs,
+        args.out,
+        pipeline_options(args),
+        args.skip_existing,
+        overwrite=args.overwrite,
+        ray=ray_options(args),
     )
 
 
 def run_images(args: argparse.Namespace) -> int:
     from realtime.batch.cli import run_images
 
-    return run_images(args.inputs, args.out, pipeline_options(args), ray=ray_options(args))
+    return run_images(
+        args.inputs,
+        args.out,
+        pipeline_options(args),
+        overwrite=args.overwrite,
+        ray=ray_options(args),
+    )
 
 
 def run_ui(args: argparse.Namespace) -> int:
     from realtime.ui.page import launch
 
-    launch(
-        pipeline_options(args), port=args.port, share=args.share, max_upload_mb=args.max_upload_mb
-    )
+    options = pipeline_options(args)
+    launch(options, port=args.port, share=args.share, max_upload_mb=args.max_upload_mb)
     return 0
 
 
@@ -310,10 +342,7 @@ def parser() -> argparse.ArgumentParser:
         help="video files, folders (searched recursively) or glob patterns; an existing path is "
         "always taken literally (default: the bundled demo clip)",
     )
-    video.add_argument("--out", type=Path, default=Path("out"), help="output folder")
-    video.add_argument(
-        "--skip-existing", action="store_true", help="skip inputs whose two outputs already exist"
-    )
+    add_output_arguments(video, resumable=True)
     add_pipeline_arguments(video)
     add_ray_arguments(video)
     video.set_defaults(run=run_video)
@@ -330,15 +359,19 @@ def parser() -> argparse.ArgumentParser:
     )
     images.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) "
                         "or glob patterns; an existing path is always taken literally")  # fmt: skip
-    images.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+    add_output_arguments(images, resumable=False)
     add_pipeline_arguments(images, temporal=False)
     add_ray_arguments(images)
     images.set_defaults(run=run_images)
 
     ui = commands.add_parser("ui", help="Gradio browser demo on 127.0.0.1")
-    ui.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
+    ui.add_argument(
+        "--port", type=number(int, 1, 65535), help="port (default: $GRADIO_SERVER_PORT, else 7860)"
+    )
     ui.add_argument("--share", action="store_true", help="also open a public share link")
-    ui.add_argument("--max-upload-mb", type=int, default=500, help="largest video upload accepted")
+    ui.add_argument(
+        "--max-upload-mb", type=COUNT, default=500, help="largest video upload accepted"
+    )
     add_pipeline_arguments(ui)
     ui.set_defaults(run=run_ui)
 
@@ -350,9 +383,11 @@ def parser() -> argparse.ArgumentParser:
         help="video to time (default: the bundled demo clip)",
     )
     bench.add_argument(
-        "--frames", type=int, default=200, help="frames timed after warm-up (loops the clip)"
+        "--frames", type=COUNT, default=200, help="frames timed after warm-up (loops the clip)"
     )
-    bench.add_argument("--warmup", type=int, default=20, help="frames run before timing starts")
+    bench.add_argument(
+        "--warmup", type=number(int, 0), default=20, help="frames run before timing starts"
+    )
     bench.add_argument(
         "--mode",
         choices=("throughput", "latency"),
@@ -382,7 +417,7 @@ def parser() -> argparse.ArgumentParser:
     )
     people.add_argument(
         "--fixed-people",
-        type=int,
+        type=COUNT,
         metavar="N",
         help="N people per frame: the detector's top N boxes, or N tiled boxes when it finds "
         "fewer (for random-weight detectors; default: as many as are found)",

@@ -365,8 +365,10 @@ def test_user_errors_are_one_clear_line(tmp_path, pose_checkpoint, make_clip):
     bad_weights.write_bytes(b"not a checkpoint" * 100)
     (tmp_path / "a_file").write_text("")
     cases = {
-        "--detector": (["--detector", str(bad_weights)],
+        "--detector": (["--detector", str(bad_weights), "--trust"],
                        f"--detector {bad_weights}: cannot load it: "),
+        "untrusted": (["--detector", str(bad_weights)],
+                      f"--detector {bad_weights}: loading it unpickles it, which runs any code"),
         "--out": (["--out", "a_file"], "--out a_file: a file is in the way; give a folder"),
         "--device": (["--device", "nonsense"], "--device nonsense: not a device"),
     }  # fmt: skip
@@ -403,5 +405,8 @@ def test_help_shows_every_default():
             assert "default" in formatter._get_help_string(action), (name, action.dest)
     video = " ".join(commands.choices["video"].format_help().split())
     assert "--blur BLUR Gaussian filter size on heatmaps (GF); 0 = off (default: 11)" in video
-    assert "--skip-existing skip inputs whose two outputs already exist (default: off)" in video
+    assert (
+        "--skip-existing skip inputs whose two outputs already exist and were made from the "
+        "same file (default: off)"
+    ) in video
     assert "--out OUT output folder (default: out)" in video

@@ -20,10 +20,23 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from realtime.batch import distributed
-from realtime.batch.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, process_images
+from realtime.batch.images import (
+    COCO_IMAGES_FILE,
+    COCO_RESULTS_FILE,
+    POSES_FILE,
+    ImageReport,
+    process_images,
+)
 from realtime.batch.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
+from realtime.batch.output_guard import refuse_outputs_on_inputs
 from realtime.batch.usage import Interrupted, UsageError, check_out_dir, load_pipeline
-from realtime.batch.videos import VideoReport, describe_error, process_video
+from realtime.batch.videos import (
+    VideoReport,
+    describe_error,
+    output_paths,
+    partial_paths,
+    process_video,
+)
 from realtime.io.atomic_files import remove_stale_parts
 from realtime.render import render_frame
 from realtime.stream.assemble import PipelineSpec
@@ -56,6 +69,7 @@ def run_videos(
     out: Path,
     options: PipelineSpec,
     skip_existing: bool = False,
+    overwrite: bool = False,
     ray: RayOptions | None = None,
 ) -> int:
     """`app.py video`: every video of `specs` -> OUT/name.mp4 and OUT/name.jsonl. Under
@@ -71,11 +85,15 @@ def run_videos(
             problems.append((str(item.path), "an image, not a video: use `app.py images`"))
         else:
             inputs.append(item)
-    remove_stale_parts(out)
+    written = [p for i in inputs for p in (*output_paths(i.name, out), *partial_paths(i.name, out))]
+    refuse_outputs_on_inputs([i.path for i in inputs], written, f"--out {out}")
+    remove_stale_parts(out, written)
     if ray is not None:
         from realtime.batch.ray_jobs import run_videos_on_ray
 
-        return run_videos_on_ray(inputs, problems, out, options, skip_existing, ray, say=_say)
+        return run_videos_on_ray(
+            inputs, problems, out, options, skip_existing, overwrite, ray, say=_say
+        )
     if ranks.distributed and ranks.rank == 0:
         logger.warning("splitting a batch under torchrun is deprecated: use --ray (README)")
     distributed.start(ranks)
@@ -106,7 +124,7 @@ def run_videos(
 
                     report = process_video(
                         item.path, out, pipeline, render_frame, progress, skip_existing,
-                        name=item.name,
+                        name=item.name, overwrite=overwrite,
                     )  # fmt: skip
                 bar.update(1)
                 rows.append((str(item.path), report.error))
@@ -163,7 +181,11 @@ def _size(path: Path) -> int:
 
 
 def run_images(
-    specs: Sequence[str | Path], out: Path, options: PipelineSpec, ray: RayOptions | None = None
+    specs: Sequence[str | Path],
+    out: Path,
+    options: PipelineSpec,
+    overwrite: bool = False,
+    ray: RayOptions | None = None,
 ) -> int:
     """`app.py images`: every image of `specs` posed on its own (temporal fusion off) ->
     OUT/poses.jsonl, OUT/coco_results.json, OUT/coco_images.json and rendered images; with
@@ -172,7 +194,16 @@ def run_images(
     found = expand_inputs(specs, IMAGE_SUFFIXES, keep_suffix=True, exclude=out, kind="image")
     for spec, why in found.unmatched:
         _say(f"FAILED {spec}: {why}")
-    remove_stale_parts(out)
+    shared = [out / POSES_FILE, out / COCO_RESULTS_FILE, out / COCO_IMAGES_FILE]
+    written = shared + [out / item.name for item in found.files]
+    refuse_outputs_on_inputs([item.path for item in found.files], written, f"--out {out}")
+    earlier = [path for path in shared if path.exists()]
+    if earlier and found.files and not overwrite:
+        raise UsageError(
+            f"--out {out}: {earlier[0]} exists (an earlier run); pass --overwrite to replace "
+            "it, or choose another --out"
+        )
+    remove_stale_parts(out, written)
     failed = [spec for spec, _ in found.unmatched]
     total = len(found.unmatched) + len(found.files)
     state = {"done": 0}

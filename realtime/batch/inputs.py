@@ -195,7 +195,7 @@ def _unique_names(files: list[Path], roots: list[Path], keep_suffix: bool) -> li
     def add_suffixes() -> None:  # clip.avi and clip.mp4
         for group in collisions():
             suffixes = {files[i].suffix.casefold() for i in group}
-            if not keep_suffix and len(suffixes) == len(group):
+            if not keep_suffix and len(suffixes) > 1:  # x.mkv, X.MP4, x.mp4: keep each one's
                 for i in group:
                     names[i] = names[i].with_name(names[i].name + files[i].suffix)
 

@@ -27,9 +27,10 @@ from ccm.poses import FramePoses
 from realtime.batch.cli import _size, failed_summary, report_line
 from realtime.batch.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, ImageResultsWriter
 from realtime.batch.inputs import InputFile
+from realtime.batch.provenance import earlier_outputs, source_fingerprint
 from realtime.batch.ray_pool import Job, Lost, RayOptions, WorkerPool, connect
 from realtime.batch.usage import Interrupted
-from realtime.batch.videos import Renderer, VideoReport, output_paths
+from realtime.batch.videos import Renderer, VideoReport, output_paths, partial_paths
 from realtime.io.atomic_files import remove_stale_parts
 from realtime.render import render_frame
 from realtime.stream.assemble import PipelineSpec
@@ -47,6 +48,7 @@ def run_videos_on_ray(
     out: Path,
     options: PipelineSpec,
     skip_existing: bool,
+    overwrite: bool,
     ray_options: RayOptions,
     say: Callable[[str], None],
     render: Renderer = render_frame,
@@ -60,7 +62,7 @@ def run_videos_on_ray(
     todo: list[InputFile] = []
     for item in inputs:
         video, jsonl = output_paths(item.name, out)
-        if skip_existing and video.is_file() and jsonl.is_file():  # no worker needed
+        if skip_existing and _done_before(item.path, video, jsonl):  # no worker needed
             rows.append((str(item.path), None))
             say(report_line(item.path, VideoReport(item.path, video, jsonl, skipped=True)))
         else:
@@ -79,7 +81,9 @@ def run_videos_on_ray(
             if jobs:  # else every output exists already: no Ray needed
                 pool = WorkerPool(options, ray_options, len(jobs), out, render, on_progress)
                 logger.info("%d videos on %s", len(jobs), pool.kind)
-                with contextlib.closing(pool.run(jobs, "video", skip_existing)) as results:
+                with contextlib.closing(
+                    pool.run(jobs, "video", skip_existing, overwrite)
+                ) as results:
                     for job, value in results:
                         item = job.items[0]
                         report = _video_report(item, value, job.attempts, out)
@@ -89,7 +93,8 @@ def run_videos_on_ray(
                         say(report_line(item.path, report))
     except KeyboardInterrupt as err:
         stop = _interrupted(err)
-        remove_stale_parts(out)  # what a worker killed on the way out began after all
+        # what a worker killed on the way out began after all
+        remove_stale_parts(out, [p for i in inputs for p in _output_names(i.name, out)])
         finished = sum(1 for _, error in rows if error is None)
         say(
             f"interrupted by {stop.name}: {finished} of {len(inputs)} input(s) finished and "
@@ -183,3 +188,15 @@ def _interrupted(err: KeyboardInterrupt) -> Interrupted:
     """The signal that stopped the command; a bare KeyboardInterrupt (Ray raises one for a
     signal that arrives while it waits) is Ctrl-C."""
     return err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+
+
+def _done_before(source: Path, video: Path, jsonl: Path) -> bool:
+    """Whether `video` and `jsonl` hold this very input's results (`realtime.batch.provenance`)."""
+    try:
+        return earlier_outputs(source_fingerprint(source), video, jsonl)[0] == "same"
+    except OSError:
+        return False  # a worker says what is wrong with it
+
+
+def _output_names(name: str, out: Path) -> tuple[Path, ...]:
+    return (*output_paths(name, out), *partial_paths(name, out))

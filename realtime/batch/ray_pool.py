@@ -121,9 +121,6 @@ class PoseWorker:
     Paths it gets are absolute (a worker's working folder is not the driver's)."""
 
     def __init__(self, options: PipelineSpec, threads: int | None, render: Renderer) -> None:
-        from realtime.offline import configure_offline
-
-        configure_offline()  # before ultralytics is imported in this process
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         if threads is not None:
             import torch
@@ -146,14 +143,23 @@ class PoseWorker:
         """(frames done, frames in all) of the video in hand."""
         return self.done, self.total
 
-    def video(self, item: InputFile, out: Path, skip_existing: bool) -> VideoReport:
+    def video(
+        self, item: InputFile, out: Path, skip_existing: bool, overwrite: bool
+    ) -> VideoReport:
         self.done, self.total = 0, None
 
         def progress(done: int, total: int | None) -> None:
             self.done, self.total = done, total
 
         return process_video(
-            item.path, out, self.pipeline, self.render, progress, skip_existing, name=item.name
+            item.path,
+            out,
+            self.pipeline,
+            self.render,
+            progress,
+            skip_existing,
+            item.name,
+            overwrite,
         )
 
     def images(

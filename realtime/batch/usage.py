@@ -10,14 +10,18 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import os
 import re
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from realtime.stream.assemble import PipelineSpec, build_pipeline
 from realtime.stream.pipeline import PosePipeline
+from realtime.weights.verify import UntrustedWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,60 @@ def install_signal_handlers() -> dict[int, object]:
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)
     return previous
+
+
+def number(
+    kind: type[int] | type[float] = float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    odd_or_zero: bool = False,
+    multiple_of: int | None = None,
+) -> Callable[[str], int | float]:
+    """An argparse `type` that reads a finite number in [low, high] (either end may be open),
+    so a bad value stops at parse time with the flag's name (`argument --min-score: ...`)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a{'n integer' if kind is int else ' number'}"
+            ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = (
+                f"in [{low}, {high}]"
+                if low is not None and high is not None
+                else (f">= {low}" if low is not None else f"<= {high}")
+            )
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {span}")
+        if odd_or_zero and value != 0 and value % 2 == 0:
+            raise argparse.ArgumentTypeError(f"{text} is even: must be odd (or 0 = off)")
+        if multiple_of and value % multiple_of:
+            raise argparse.ArgumentTypeError(f"{text} is not a multiple of {multiple_of}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, resumable: bool) -> None:
+    """`--out`, `--overwrite` and (`video`) `--skip-existing`."""
+    parser.add_argument("--out", type=Path, default=Path("out"), help="output folder")
+    if resumable:
+        parser.add_argument(
+            "--skip-existing",
+            action="store_true",
+            help="skip inputs whose two outputs already exist and were made from the same file",
+        )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs under the same names that another input (or an earlier run of "
+        "other inputs) left; without it they are kept and that input fails",
+    )
 
 
 def check_device(device: str) -> str:
@@ -99,6 +157,8 @@ def load_pipeline(options: PipelineSpec) -> PosePipeline:
         return build_pipeline(options)
     except (KeyboardInterrupt, UsageError):
         raise
+    except UntrustedWeightsError as err:
+        raise UsageError(f"--detector {err}") from None
     except Exception as err:
         logger.debug("loading the models failed", exc_info=True)
         if _raised_in(err, ("realtime/detect/detector.py", "ultralytics")):

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ccm.poses import FramePoses
+from realtime.batch.provenance import earlier_outputs, fingerprint_tag, source_fingerprint
+from realtime.io.atomic_files import close_together, full_disk_message
 from realtime.io.frames import Frame
 from realtime.io.sinks import JsonlWriter, Mp4Writer
 from realtime.io.sources import open_source
@@ -92,6 +94,7 @@ def process_video(
     progress: Callable[[int, int | None], None] | None = None,
     skip_existing: bool = False,
     name: str | None = None,
+    overwrite: bool = False,
 ) -> VideoReport:
     """Run the pipeline over every frame of `source` (no frame dropped) and write both outputs.
 
@@ -101,22 +104,40 @@ def process_video(
     is a failed input: nothing goes under the final names, and the frames before the error go
     to `partial_paths` (`report.video` / `report.jsonl` name them). KeyboardInterrupt and the
     like pass through, after the unfinished outputs are removed.
+
+    Outputs already under the names are skipped (`skip_existing`) only when the video records
+    this very input (`realtime.batch.provenance`); outputs of any other file are replaced only
+    with `overwrite`, else the input fails saying so.
     """
     name = name or source.stem
     video_path, jsonl_path = output_paths(name, out_dir)
     report = VideoReport(source)
-    if skip_existing and video_path.is_file() and jsonl_path.is_file():
+    try:
+        mine = source_fingerprint(source)
+    except OSError:
+        mine = None  # opening it below says what is wrong
+    earlier, origin = earlier_outputs(mine, video_path, jsonl_path)
+    if skip_existing and earlier == "same" and jsonl_path.is_file():
         report.video, report.jsonl, report.skipped = video_path, jsonl_path, True
         return report
+    if earlier == "other" and not overwrite:
+        report.error = (
+            f"{video_path} or {jsonl_path} holds the results of {origin}, not of this input; "
+            "pass --overwrite to replace them, or choose another --out"
+        )
+        return report
+    if earlier == "other":
+        logger.warning("replacing %s and %s (results of %s)", video_path, jsonl_path, origin)
     start = time.perf_counter()
     read_error: _ReadError | None = None
     try:
         video_path.parent.mkdir(parents=True, exist_ok=True)
         with open_source(source, realtime=False) as frames:
             info = frames.info
+            tag = fingerprint_tag(mine) if mine is not None else None
             pipeline.reset()
             with (
-                Mp4Writer(video_path, info.fps, audio=info.audio) as video,
+                Mp4Writer(video_path, info.fps, audio=info.audio, comment=tag) as video,
                 JsonlWriter(jsonl_path) as jsonl,
             ):
                 writer = OutputWorker(video, jsonl, render)
@@ -138,6 +159,7 @@ def process_video(
                     raise
                 writer.close()
                 report.stage_ms = writer.mean_stage_ms()
+                close_together(video, jsonl)  # both outputs, or neither
         report.video, report.jsonl = video.path, jsonl.path
         if read_error is not None:
             raise read_error
@@ -146,7 +168,7 @@ def process_video(
     except Exception as err:  # a bad input is reported, never aborts the batch
         logger.debug("failed on %s", source, exc_info=True)
         cause = err.__cause__ if isinstance(err, _ReadError) else err
-        report.error = describe_error(cause, source)
+        report.error = full_disk_message(cause, out_dir) or describe_error(cause, source)
         if report.frames and read_error is None:
             report.error += f" (stopped after {report.frames} frames; nothing written)"
         if read_error is not None and report.video is not None:

@@ -13,18 +13,25 @@ from ccm.poses import FramePoses
 from realtime.detect.detector import DetectorConfig, shipped_model_yaml
 from realtime.io.frames import Frame
 from realtime.stream.results import FrameResult
+from realtime.weights.verify import UntrustedWeightsError, check_weights_trusted
 
 REFERENCE_SPEED = ("preprocess", "inference", "postprocess")
 
 
-def check_reference_weights(weights: str | Path) -> str:
-    """`weights` as a string if it is a local file or a model yaml ultralytics ships."""
+def check_reference_weights(weights: str | Path, trust: bool = False) -> str:
+    """`weights` as a string if it is a model yaml ultralytics ships, or a local file that is
+    safe to unpickle (a manifest hash, or `trust`: see `check_weights_trusted`)."""
     name = str(weights)
     if "://" in name or not (Path(name).is_file() or shipped_model_yaml(name)):
         raise FileNotFoundError(
             f"reference weights {name!r} not found: pass a local YOLO-pose .pt, or a model yaml "
             "ultralytics ships (e.g. yolo11n-pose.yaml, random weights) for timing only"
         )
+    if not shipped_model_yaml(name):
+        try:
+            check_weights_trusted(name, trust)
+        except UntrustedWeightsError as err:
+            raise UntrustedWeightsError(f"--reference-weights {err}") from None
     return name
 
 
@@ -42,7 +49,7 @@ class YoloPoseReference:
         from ultralytics import YOLO
         from ultralytics.cfg import DEFAULT_CFG_DICT
 
-        name = check_reference_weights(weights)
+        name = check_reference_weights(weights, detection.trust)
         self.weights = name
         self.model = YOLO(name)
         if self.model.task != "pose":

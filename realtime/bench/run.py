@@ -170,7 +170,8 @@ def run_benchmark(
                 f"{config.source} has {frames.info.frame_count}"
             )
     if config.reference:
-        check_reference_weights(config.reference_weights)  # before minutes of timing, not after
+        # before minutes of timing, not after
+        check_reference_weights(config.reference_weights, options.detection.trust)
     config.out.mkdir(parents=True, exist_ok=True)
     base = pipeline or build_pipeline(options)
     people = PeopleOverride(config.fixed_people, ground_truth)

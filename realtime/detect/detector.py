@@ -30,6 +30,7 @@ import torch
 from torchvision.ops import box_iou
 
 from realtime.device import autocast, resolve_device
+from realtime.weights.verify import check_weights_trusted
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class DetectorConfig:
         precision: "auto" or "fp32" (fp16 on CUDA with `half`, else fp32: ultralytics' own
             predictor's numbers) or "bf16" (autocast; on a 2-core AMX CPU it measured no faster
             for YOLO11n at 320, 13.7 against 12.4 ms a frame, so "auto" keeps fp32).
+        trust: load a weights file whose hash the manifest does not list. Ultralytics unpickles
+            weight files in full, which runs any code they hold, so by default only files with
+            a manifest hash (and model .yaml files, which are parsed) are loaded.
     """
 
     weights: str | Path = "yolo11n.pt"
@@ -87,6 +91,7 @@ class DetectorConfig:
     device: str | None = None
     half: bool = True
     precision: str = "auto"
+    trust: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -147,6 +152,9 @@ class PersonDetector(Detector):
         weights = str(config.weights)
         if "://" in weights or not (Path(weights).exists() or shipped_model_yaml(weights)):
             raise FileNotFoundError(_missing_weights_message(config.weights))
+        if not shipped_model_yaml(weights):
+            why = check_weights_trusted(weights, config.trust)
+            log.debug("loading detector weights %s: %s", weights, why)
         try:
             self.model = YOLO(weights)
         except Exception as err:  # ultralytics raises many kinds for a broken file

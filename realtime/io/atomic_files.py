@@ -7,13 +7,16 @@ run still going (another rank of the same job, say). The writers of `realtime.io
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
 import re
 import socket
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,62 @@ class AtomicPath:
         self.temp.unlink(missing_ok=True)
 
 
+class StagedOutput(Protocol):
+    """A writer whose output is finished in a temporary file before it is renamed into place
+    (the writers of `realtime.io.sinks`)."""
+
+    path: Path
+
+    def finish(self) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def close_together(*writers: StagedOutput) -> None:
+    """Finish every writer's temporary file, then rename them all into place: the outputs of
+    one input are committed together or not at all. On failure every temporary file (and any
+    output this call already renamed) is deleted, and the error raised."""
+    try:
+        for writer in writers:
+            writer.finish()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    done: list[Path] = []
+    try:
+        for writer in writers:
+            writer.commit()
+            done.append(writer.path)
+    except BaseException:
+        for path in done:
+            path.unlink(missing_ok=True)
+        for writer in writers:
+            writer.abort()
+        raise
+
+
+def full_disk_message(err: BaseException, folder: Path) -> str | None:
+    """One line naming the full file system when `err` (or an error it came from) is "no space
+    left" or "quota exceeded"; None for any other error."""
+    seen: BaseException | None = err
+    while seen is not None and getattr(seen, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    mount = Path(os.path.abspath(folder))
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        stat = os.statvfs(folder)
+        kib = stat.f_frsize / 1024
+        free = f"{stat.f_bavail * kib:.0f} KiB free of {stat.f_blocks * kib:.0f} KiB"
+    except OSError:
+        free = "free space unknown"
+    what = "quota exceeded" if seen.errno == errno.EDQUOT else "no space left"
+    return f"{what} on the file system mounted at {mount} (holding {folder}; {free})"
+
+
 def _process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -78,21 +137,30 @@ def remove_parts_of(final: str | Path, owner: str) -> list[Path]:
     return removed
 
 
-def remove_stale_parts(folder: str | Path) -> list[Path]:
+def remove_stale_parts(folder: str | Path, outputs: Iterable[Path] | None = None) -> list[Path]:
     """Delete the temporary files that killed runs left in `folder` and its subfolders.
 
     A temporary file is stale when the process that wrote it, on this host, no longer runs
     (or its name records no owner). Files of live processes and of other hosts sharing the
-    folder are kept. Returns the paths removed.
+    folder are kept. With `outputs` (the final paths a run writes) only the temporary files of
+    those names are candidates, so a file of the same pattern that something else put there is
+    left alone. Returns the paths removed.
     """
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for root, _dirs, files in os.walk(folder):
+    wanted: dict[str, set[str]] | None = None
+    if outputs is not None:
+        wanted = {}
+        for output in outputs:
+            wanted.setdefault(os.path.abspath(output.parent), set()).add(output.name)
+    walk = os.walk(folder) if wanted is None else _listed(wanted)
+    for root, _dirs, files in walk:
+        names = None if wanted is None else wanted.get(os.path.abspath(root), set())
         for name in files:
             match = _PART.match(name)
-            if match is None:
+            if match is None or (names is not None and match.group("name") not in names):
                 continue
             pid, host = match.group("pid"), match.group("host")
             if pid is not None and (host != _HOST or _process_alive(int(pid))):
@@ -106,3 +174,12 @@ def remove_stale_parts(folder: str | Path) -> list[Path]:
     if removed:
         log.info("removed %d unfinished file(s) of earlier runs in %s", len(removed), folder)
     return removed
+
+
+def _listed(folders: dict[str, set[str]]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk`'s rows for just these folders (those that exist), not their subfolders."""
+    for folder in folders:
+        try:
+            yield folder, [], os.listdir(folder)
+        except OSError:
+            continue

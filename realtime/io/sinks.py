@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -61,9 +62,9 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
 class Mp4Writer:
     """H.264 (libx264, yuv420p, BT.709) mp4 at the source's frame rate, audio copied as is.
 
-    Frames are placed at their pts on a 1/fps grid (exact for files; a live source's gaps and
-    dropped frames keep their real timing). Odd widths or heights are padded by one edge pixel
-    on the right / bottom, because yuv420p needs even sizes; coordinates are unchanged.
+    Frames keep their pts (exact on the 1/fps grid, else to 1/90000 s), so a variable frame
+    rate and a live source's gaps and dropped frames keep their timing. Odd widths or heights
+    are padded by one edge pixel on the right / bottom (yuv420p needs even sizes).
 
     Args:
         path: the final .mp4 path; its folder must exist.
@@ -72,6 +73,7 @@ class Mp4Writer:
             the end of the last written frame. A codec mp4 cannot hold is skipped with a warning.
         crf: x264 constant rate factor (lower = better; 18-23 is visually near lossless).
         preset: x264 speed preset.
+        comment: the container's comment tag (what the video was made from).
     """
 
     def __init__(
@@ -82,13 +84,15 @@ class Mp4Writer:
         audio: AudioTrack | None = None,
         crf: int = 20,
         preset: str = "veryfast",
+        comment: str | None = None,
     ) -> None:
         if not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         self._file = AtomicPath(path)
         self.path = self._file.final
         self.rate = Fraction(fps).limit_denominator(1001)
-        self._time_base = 1 / self.rate
+        self._time_base = _time_base(self.rate)
+        self._frame_ticks = round(1 / (self.rate * self._time_base))  # one frame period
         self._crf, self._preset = crf, preset
         self._video: av.VideoStream | None = None
         self._size: tuple[int, int] | None = None  # (height, width) of the frames given
@@ -100,6 +104,8 @@ class Mp4Writer:
         self._out = av.open(
             str(self._file.temp), "w", format="mp4", options={"movflags": "+faststart"}
         )
+        if comment is not None:
+            self._out.metadata["comment"] = comment
         try:
             if audio is not None:
                 self._open_audio(audio)
@@ -164,10 +170,9 @@ class Mp4Writer:
             )
         if width % 2 or height % 2:
             image = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-        tick = self._last_tick + 1 if pts is None else round(Fraction(pts) / self._time_base)
-        # Two live frames closer than one frame period would share a tick; mp4 needs them
-        # strictly increasing.
-        tick = max(tick, self._last_tick + 1)
+        after = self._last_tick + self._frame_ticks if self._last_tick >= 0 else 0
+        tick = after if pts is None else round(Fraction(pts) / self._time_base)
+        tick = max(tick, self._last_tick + 1)  # mp4 needs them strictly increasing
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame = frame.reformat(
             format="yuv420p",
@@ -207,20 +212,28 @@ class Mp4Writer:
         """Flush the encoder, finish the file and move it to its final path."""
         if self._closed:
             return
+        self.finish()
+        self.commit()
+
+    def finish(self) -> None:
+        """Flush the encoder and finish the temporary file (deleted on failure); `commit`."""
         try:
             if self._video is None:
                 raise ValueError(f"{self.path}: no frames were written")
             for packet in self._video.encode(None):
                 self._out.mux(packet)
-            self._mux_audio_until((self._last_tick + 1) * self._time_base)
+            self._mux_audio_until((self._last_tick + self._frame_ticks) * self._time_base)
             self._out.close()
             self._closed = True
-            self._file.commit()
         except BaseException:
             self.abort()
             raise
         finally:
             self._close_audio()
+
+    def commit(self) -> None:
+        """Move the finished file to its final path."""
+        self._file.commit()
         log.info("wrote %s (%d frames)", self.path, self.frames_written)
 
     def keep_as(self, path: str | Path) -> None:
@@ -252,6 +265,12 @@ class Mp4Writer:
             self.abort()
 
 
+def _time_base(rate: Fraction) -> Fraction:
+    """1/N s, N a multiple of 90000 and of the rate's numerator: k / rate is exact for all k."""
+    ticks = math.lcm(90000, rate.numerator)
+    return Fraction(1, ticks if ticks <= 10**7 else 90000)
+
+
 class _AtomicTextWriter:
     """A text file written through `AtomicPath`; the base of the JSON writers."""
 
@@ -270,20 +289,32 @@ class _AtomicTextWriter:
     def close(self) -> None:
         if self._fh is None:
             return
+        self.finish()
+        self.commit()
+
+    def finish(self) -> None:
+        """Write the rest and close the temporary file, not yet under its final name."""
         try:
             self._finish()
-            self._fh.close()
+            self._fh.close()  # flushes: where a full disk shows
             self._fh = None
-            self._file.commit()
         except BaseException:
             self.abort()
             raise
 
+    def commit(self) -> None:
+        self._file.commit()
+
     def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self._file.discard()
+        """Drop the output: the temporary file goes even when closing it fails (a full disk)."""
+        try:
+            if self._fh is not None:
+                fh, self._fh = self._fh, None
+                fh.close()
+        except OSError:
+            log.debug("closing the aborted %s failed", self._file.temp, exc_info=True)
+        finally:
+            self._file.discard()
 
     def __enter__(self: _Writer) -> _Writer:
         return self

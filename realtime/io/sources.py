@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from realtime.io.frames import AudioTrack, Frame, FrameSource, IncompleteVideoError, SourceInfo
+from realtime.io.image_header import exif_orientation
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 LIVE_URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp"})
 DEFAULT_FPS = 30.0  # used when a source does not report its frame rate
 _CAMERA_DEVICE = re.compile(r"^/dev/video\d+$")
+_HELD_DAMAGED = 16  # damaged frames held back to see whether the data goes on after them
 
 
 class VideoSource(FrameSource):
@@ -70,6 +72,7 @@ class VideoSource(FrameSource):
             self._name = name
             self._expected = stream.frames or None
             self._discarded = 0
+            self._data_end: float | None = None  # seconds: how far any stream's packets reach
             self._frames = self._decode(stream)
             try:
                 first = next(self._frames)
@@ -104,12 +107,22 @@ class VideoSource(FrameSource):
 
     def _decode(self, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
         """Demux and decode by hand: with frame threading, `container.decode` drops the
-        decoder's error on a cut-off last packet, so a damaged packet is caught here."""
+        decoder's error on a cut-off last packet, so a damaged packet is caught here; the
+        frames the decoder still holds then are flushed out first, as they are intact. Audio
+        packets are read only for how far the file's data reaches (`_data_end`)."""
         packets = 0
-        for packet in self._container.demux(stream):
+        for packet in self._container.demux(stream, *self._container.streams.audio):
+            if packet.pts is not None and packet.time_base is not None:
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                self._data_end = max(end, self._data_end or end)
+            if packet.stream is not stream:
+                continue
             packets += packet.size > 0
             if packet.is_corrupt:
                 of = f" of {self._expected}" if self._expected else ""
+                for held in stream.decode(None):  # flushed frames come without a time base
+                    held.time_base = stream.time_base
+                    yield held
                 raise IncompleteVideoError(
                     f"{self._name}: the data ends or is damaged at frame {packets}{of} "
                     "(a cut-off or damaged file)"
@@ -123,14 +136,43 @@ class VideoSource(FrameSource):
         frames = self._frames
         yield self._convert(0, self._first, fps)
         self._first = None
-        index = 0
-        for index, frame in enumerate(frames, start=1):
-            yield self._convert(index, frame, fps)
+        index, damaged = 0, []  # frames the decoder patched up, not yet followed by a sound one
+        for frame in frames:  # (a file cut inside a frame ends in such a frame)
+            if frame.is_corrupt and len(damaged) < _HELD_DAMAGED:
+                damaged.append(frame)
+                continue
+            for held in (*damaged, frame):
+                index += 1
+                yield self._convert(index, held, fps)
+            damaged = []
         expected = self._expected and self._expected - self._discarded
-        if expected and index + 1 < expected and not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        if damaged:
+            raise IncompleteVideoError(
+                f"{self.info.name}: the data breaks off inside frame {index + 2} (it decodes "
+                "damaged; a cut-off or damaged file)"
+            )
+        if expected and index + 1 < expected:
             raise IncompleteVideoError(
                 f"{self.info.name}: the file ends after frame {index + 1} but its header lists "
                 f"{expected} frames (a cut-off file)"
+            )
+        if not expected:
+            self._check_duration(index + 1)
+
+    def _check_duration(self, frames: int) -> None:
+        """A container without a frame count (Matroska, WebM, MPEG-TS): the duration its header
+        lists must be reached by the packets read (of the video or the audio), to within two
+        frames. A cut-off file's data stops short of it."""
+        container = self._container
+        if container.duration is None or self._data_end is None:
+            return
+        listed = ((container.start_time or 0) + container.duration) / av.time_base
+        if self._data_end < listed - max(2 / self.info.fps, 0.1):
+            raise IncompleteVideoError(
+                f"{self.info.name}: the data ends at {self._data_end:.2f} s (frame {frames}) "
+                f"but the container lists {listed:.2f} s (a cut-off file)"
             )
 
     @staticmethod
@@ -186,28 +228,19 @@ _EXIF_ORIENTATIONS = {1: (0, False), 2: (0, True), 3: (2, False), 4: (2, True),
                       5: (1, True), 6: (3, False), 7: (3, True), 8: (1, False)}  # fmt: skip
 
 
-def _exif_orientation(path: Path) -> int:
-    from PIL import Image  # only the header is read
-
-    try:
-        with Image.open(path) as image:
-            return int(image.getexif().get(0x0112, 1))
-    except Exception:  # no EXIF, or a format Pillow does not know: as stored
-        return 1
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB, C-contiguous, in the orientation EXIF says to show.
 
     8- and 16-bit (scaled by 255/65535), gray, gray+alpha and RGBA images are accepted;
     transparent pixels are composited over white. Raises ValueError naming the file if it
-    cannot be decoded.
+    cannot be decoded or is too large (`realtime.io.image_header.max_image_pixels`).
     """
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise ValueError(f"{path}: cannot read the file: {err.strerror or err}") from err
+    orientation = exif_orientation(path)  # from the header; refuses a huge image undecoded
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise ValueError(f"{path}: not a readable image (damaged, or a format OpenCV lacks)")
@@ -229,7 +262,7 @@ def read_image(path: str | Path) -> np.ndarray:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     else:
         raise ValueError(f"{path}: {image.shape[2]}-channel images are not supported")
-    turns, mirror = _EXIF_ORIENTATIONS.get(_exif_orientation(path), (0, False))
+    turns, mirror = _EXIF_ORIENTATIONS.get(orientation, (0, False))
     if mirror:
         image = cv2.flip(image, 1)
     return np.ascontiguousarray(_turn(image, turns))

@@ -245,3 +245,37 @@ def select_detector_weights(weights_dir: Path = WEIGHTS_DIR) -> Path:
         best.entry.ap_text(),
     )
     return best.path
+
+
+_SAFE_MODEL_SUFFIXES = (".yaml", ".yml")  # a model definition: parsed, never unpickled
+
+
+class UntrustedWeightsError(ValueError):
+    """A weights file that would be unpickled, with no known hash and no `--trust`."""
+
+
+def check_weights_trusted(path: str | Path, trust: bool, manifest: Manifest | None = None) -> str:
+    """Allow a file that ultralytics loads (and so unpickles in full) only when it is safe to.
+
+    A model .yaml is parsed, not unpickled, and always allowed. Any other file must have the
+    full SHA-256 of a manifest entry (an 8-hex prefix stops a corrupted file, not a crafted
+    one), or the caller must trust it. Returns why it is allowed, for the log; raises
+    UntrustedWeightsError saying what to do otherwise.
+    """
+    path = Path(path)
+    if path.suffix.lower() in _SAFE_MODEL_SUFFIXES:
+        return "a model definition (.yaml), built with random weights"
+    actual = sha256_of(path)
+    manifest = manifest or load_manifest()
+    entry = manifest.for_hash(actual)
+    if entry is not None and len(entry.sha256) == len(actual):
+        return f"its SHA-256 is {entry.name}'s in the manifest"
+    if trust:
+        logger.warning("loading %s (SHA-256 %s), not in the manifest: trusted (--trust)", path,
+                       actual)  # fmt: skip
+        return "trusted (--trust)"
+    raise UntrustedWeightsError(
+        f"{path}: loading it unpickles it, which runs any code it holds, and its SHA-256 "
+        f"{actual[:16]}... is not in the manifest; pass --trust if you trust where it came from "
+        "(or list its full hash in weights/manifest.toml)"
+    )

@@ -101,6 +101,11 @@ def test_outputs_never_collide(tree: Path):
     assert len({n.casefold() for _, n in names}) == 3  # distinct on case-blind disks too
     # The same file twice is one input.
     assert _names(["a/x.mp4", "a", "./a/x.mp4"]) == [("a/x.mp4", "x")]
+    # Stems that collide keep their suffixes even when two suffixes match (case-blind): OUT/x.mp4
+    # never holds the poses of x.mkv.
+    if os.name != "nt":
+        _touch(tree, "m/x.mkv", "m/X.MP4", "m/x.mp4")
+        assert [n for _, n in _names(["m"])] == ["x.mkv", "m/X.MP4", "m/x.mp4-2"]
 
 
 def test_names_are_stable_so_skip_existing_finds_them(tree: Path):

@@ -101,7 +101,7 @@ def _run(out: Path, *clips: Path, **kwargs) -> tuple[int, list[str]]:
     said: list[str] = []
     found = expand_inputs(clips, VIDEO_SUFFIXES, exclude=out)
     code = run_videos_on_ray(
-        found.files, [], out, SPEC, kwargs.pop("skip_existing", False), ONE_CPU, said.append,
+        found.files, [], out, SPEC, kwargs.pop("skip_existing", False), False, ONE_CPU, said.append,
         render=steady_render, **kwargs,
     )  # fmt: skip
     return code, said
@@ -274,7 +274,7 @@ def test_a_video_that_kills_every_worker_is_a_failed_input_after_bounded_tries(
     said: list[str] = []
     found = expand_inputs([inputs], VIDEO_SUFFIXES, exclude=out)
     code = run_videos_on_ray(
-        found.files, [], out, SPEC, False, ONE_CPU, said.append, render=render_or_die
+        found.files, [], out, SPEC, False, False, ONE_CPU, said.append, render=render_or_die
     )
     assert code == 1
     failed = [line for line in said if line.startswith("FAILED")]

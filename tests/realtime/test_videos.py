@@ -3,7 +3,9 @@ orientation, under the names given, and nothing left behind by an interrupt."""
 
 from __future__ import annotations
 
+import errno
 import json
+import subprocess
 import threading
 from pathlib import Path
 
@@ -115,6 +117,19 @@ def test_cut_off_fast_start_mp4_leaves_nothing_under_its_names(tmp_path: Path, m
     assert _leftovers(out) == ["clip.jsonl", "clip.mp4"]
 
 
+def test_cut_off_matroska_is_a_failed_input_with_partial_outputs(tmp_path: Path, make_clip):
+    full = make_clip(tmp_path / "full.mkv", frames=40, size=(48, 64))
+    clip = tmp_path / "clip.mkv"
+    clip.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    out = tmp_path / "out"
+    report = process_video(clip, out, SquareFinder(), render_frame)
+    assert report.error is not None and "but the container lists 4.00 s" in report.error
+    assert (report.video, report.jsonl) == partial_paths("clip", out)
+    assert _leftovers(out) == ["clip.partial.jsonl", "clip.partial.mp4"]
+    lines = report.jsonl.read_text().splitlines()
+    assert 0 < report.frames < 40 and len(lines) == report.frames
+
+
 def test_an_input_broken_from_its_first_frame_leaves_nothing(tmp_path: Path, make_clip):
     full = make_clip(tmp_path / "full.mp4", frames=30, size=(48, 64), faststart=True)
     clip = tmp_path / "clip.mp4"
@@ -143,6 +158,42 @@ def test_skip_existing_uses_the_output_name(tmp_path: Path, make_clip):
     assert _leftovers(out) == ["x.jsonl", "x.jsonl", "x.mp4", "x.mp4"]
 
 
+def test_skip_existing_skips_only_what_this_input_produced(tmp_path: Path, make_clip):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = make_clip(tmp_path / "a" / "clip.mp4", frames=3)
+    second = make_clip(tmp_path / "b" / "clip.mp4", frames=5)
+    out = tmp_path / "out"
+    assert process_video(first, out, SquareFinder(), render_frame).error is None
+    before = [p.read_bytes() for p in output_paths("clip", out)]
+    # A different clip with the same output name is not "done", and its results do not
+    # replace the first clip's without --overwrite.
+    other = process_video(second, out, SquareFinder(), render_frame, skip_existing=True)
+    assert not other.skipped and other.frames == 0
+    assert other.error == (
+        f"{out / 'clip.mp4'} or {out / 'clip.jsonl'} holds the results of another file, "
+        f"clip.mp4 ({first.stat().st_size} bytes), not of this input; pass --overwrite to "
+        "replace them, or choose another --out"
+    )
+    assert [p.read_bytes() for p in output_paths("clip", out)] == before
+    plain = process_video(second, out, SquareFinder(), render_frame)
+    assert plain.error == other.error
+    # The same clip, also copied elsewhere, is done; --overwrite replaces another's results.
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(first.read_bytes())
+    again = process_video(copy, out, SquareFinder(), render_frame, None, True, name="clip")
+    assert again.skipped and [p.read_bytes() for p in output_paths("clip", out)] == before
+    replaced = process_video(second, out, SquareFinder(), render_frame, overwrite=True)
+    assert replaced.error is None and replaced.frames == 5
+    assert len(output_paths("clip", out)[1].read_text().splitlines()) == 5
+    # Files under the names that no run of ours made are never taken for done, nor replaced.
+    stranger = tmp_path / "out2"
+    stranger.mkdir()
+    (stranger / "clip.jsonl").write_text("my notes\n")
+    kept = process_video(second, stranger, SquareFinder(), render_frame, skip_existing=True)
+    assert "holds the results of a file of unknown origin" in kept.error
+    assert (stranger / "clip.jsonl").read_text() == "my notes\n"
+
+
 def test_interrupt_removes_partial_files_and_keeps_finished_ones(tmp_path: Path, make_clip):
     out = tmp_path / "out"
     done = make_clip(tmp_path / "done.mp4", frames=3)
@@ -165,3 +216,75 @@ def test_missing_and_undecodable_inputs_are_reports_not_exceptions(tmp_path: Pat
     assert describe_error(MemoryError(), "x") == "MemoryError"
     assert describe_error(KeyError("k"), "x") == "KeyError: 'k'"
     assert describe_error(ValueError("x: bad"), "x") == "bad"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """Mounts a tmpfs of the size asked for (KiB) at tmp_path/"disk"; skips where mounting is
+    not permitted (not root, or in a container without the right)."""
+    mounted: list[Path] = []
+
+    def mount(kib: int) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        command = ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(point)]
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_a_full_disk_loses_nothing_and_names_the_file_system(tmp_path, make_clip, small_tmpfs):
+    clip = make_clip(tmp_path / "clip.mp4", frames=40, size=(120, 160))
+    reference = process_video(clip, tmp_path / "ref", SquareFinder(), render_frame)
+    sizes = [p.stat().st_size for p in (reference.video, reference.jsonl)]
+    video_size, jsonl_size = sizes
+    # Room for the JSONL and half the mp4; then not even for half the JSONL.
+    for kib in ((jsonl_size + video_size // 2) // 4096 * 4, jsonl_size // 2 // 4096 * 4 or 4):
+        disk = small_tmpfs(kib)
+        report = process_video(clip, disk, SquareFinder(), render_frame)
+        assert report.error is not None and report.error.startswith(
+            f"no space left on the file system mounted at {disk} (holding {disk}; "
+        ), report.error
+        assert report.error.endswith("frames; nothing written)")
+        assert f"KiB free of {kib} KiB" in report.error
+        assert (report.video, report.jsonl) == (None, None)
+        assert _leftovers(disk) == []  # no final name, no temporary file
+
+
+def test_an_injected_enospc_at_either_writer_leaves_no_file(tmp_path, make_clip, monkeypatch):
+    from realtime.io import sinks
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=6)
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def failing_finish(self):
+        self.abort()
+        raise full
+
+    with monkeypatch.context() as patch:  # the mp4 fails: the JSONL must not stay
+        patch.setattr(sinks.Mp4Writer, "finish", failing_finish)
+        report = process_video(clip, tmp_path / "a", SquareFinder(), render_frame)
+    assert report.error.startswith("no space left on the file system mounted at ")
+    assert report.error.endswith("(stopped after 6 frames; nothing written)")
+    assert _leftovers(tmp_path / "a") == []
+
+    class FullOnClose:  # buffered text that fails to flush when closed, as on a full disk
+        def __init__(self, *args, **kwargs):
+            self._fh = open(*args, **kwargs)  # noqa: SIM115
+
+        def write(self, text):
+            return self._fh.write(text)
+
+        def close(self):
+            self._fh.close()
+            raise full
+
+    monkeypatch.setattr(sinks, "open", FullOnClose, raising=False)
+    report = process_video(clip, tmp_path / "b", SquareFinder(), render_frame)
+    assert report.error.startswith("no space left on the file system mounted at ")
+    assert _leftovers(tmp_path / "b") == []  # the JSONL's temporary file too
