@@ -37,7 +37,7 @@ from realtime.batch.usage import Interrupted, UsageError, check_out_dir, load_pi
 from realtime.io.live import LiveOptions, LiveSource, is_live_spec
 from realtime.io.segments import LiveSegment
 from realtime.render import render_frame
-from realtime.stream.assemble import PipelineSpec, default_pose_checkpoint
+from realtime.stream.assemble import PipelineSpec
 from realtime.stream.serving import EngineCache, EngineKey, ServingWorker
 from realtime.stream.state import StreamState
 from realtime.temporal.fusion import TemporalFusion
@@ -223,7 +223,8 @@ def run_live(specs: Sequence[str], out: Path, options: PipelineSpec, run: LiveRu
     for source in sources:
         i = source.info
         logger.info("%s: %dx%d at %.4g fps", source.spec, i.width, i.height, i.fps)
-    cache = EngineCache(pipeline, options.pose or default_pose_checkpoint())
+    # The path only names the loaded engine (the cache's base, the one every source uses).
+    cache = EngineCache(pipeline, options.pose or Path("default-pose-checkpoint"))
     worker = ServingWorker(cache, max_streams=len(sources))
     streams = []
     for number, source in enumerate(sources):
