@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from realtime.batch.usage import Interrupted, UsageError, check_out_dir, load_pipeline
+from realtime.io.atomic_files import remove_stale_parts
 from realtime.io.live import LiveOptions, LiveSource, is_live_spec
 from realtime.io.segments import LiveSegment
 from realtime.render import render_frame
@@ -119,6 +120,7 @@ class LiveStream:
         self.written: list[tuple[Path, Path]] = []
         self.error: str | None = None
         self.shown: np.ndarray | None = None  # the newest rendered frame, for --show
+        self.in_window = False
         self._size: tuple[int, int] | None = None
         self._thread = threading.Thread(target=self._loop, name=f"live:{self.slug}", daemon=True)
 
@@ -212,6 +214,7 @@ def run_live(specs: Sequence[str], out: Path, options: PipelineSpec, run: LiveRu
     check_out_dir(out)
     if run.show:
         check_display()
+    remove_stale_parts(out)  # temporary files of runs that were killed
     pipeline = load_pipeline(options)
     opened = _open_all(list(specs), run.source)
     failed = [(spec, why) for spec, why in zip(specs, opened, strict=True) if isinstance(why, str)]
@@ -283,9 +286,12 @@ def _show_windows(streams: list[LiveStream]) -> bool:
     import cv2
 
     for stream in streams:
-        image = stream.shown
+        image, stream.shown = stream.shown, None
         if image is not None:
             cv2.imshow(stream.source.spec, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            if not stream.in_window:
+                stream.in_window = True
+                logger.info("%s: shown in a window (q or Esc stops)", stream.source.spec)
     return cv2.waitKey(30) & 0xFF in (ord("q"), 27)
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,10 +20,9 @@ from pathlib import Path
 
 import av
 import pytest
-import torch
 from streams import free_port, serve, stop, wait_listening
+from ui_server import tiny_checkpoint
 
-from ccm.checkpoint import PoseConfig, save_checkpoint
 from realtime.samples import SYNTHETIC_WALK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,11 +33,7 @@ STATS = r"(\d+) frames received, (\d+) processed, (\d+) dropped; latency capture
 
 @pytest.fixture(scope="module")
 def pose_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
-    return save_checkpoint(
-        tmp_path_factory.mktemp("weights") / "tiny.safetensors", config.build_model(), config
-    )
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
 def app_main(cwd: Path, pose: Path, *args: str) -> int:
@@ -223,3 +220,30 @@ def test_unreachable_source_and_usage_errors_are_one_line(
         caplog.clear()
         assert app_main(tmp_path, pose_checkpoint, *args) == 2
         assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [message]
+
+
+@pytest.mark.slow
+def test_show_draws_a_window_per_source_under_xvfb(tmp_path, pose_checkpoint):
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.skip("no Xvfb (apt-get install xvfb) to open windows on")
+    number = next(n for n in range(90, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    display = subprocess.Popen([xvfb, f":{number}", "-screen", "0", "1280x800x24", "-nolisten",
+                                "tcp"], stderr=subprocess.DEVNULL)  # fmt: skip
+    port = free_port(socket.SOCK_DGRAM)
+    url = f"udp://127.0.0.1:{port}"
+    sender = serve(SYNTHETIC_WALK, url)
+    env = {**os.environ, "DISPLAY": f":{number}"}
+    app = start_app(tmp_path, pose_checkpoint, url, "--show", env=env)
+    try:
+        wait_for_lines(app, tmp_path / "out", 10)
+        app.send_signal(signal.SIGINT)
+        _, stderr = app.communicate(timeout=120)
+    finally:
+        app.kill()
+        stop(sender)
+        stop(display)
+    assert app.returncode == 0, stderr
+    assert "Traceback" not in stderr and "closing the windows failed" not in stderr
+    assert f"INFO realtime.batch.live: {url}: shown in a window (q or Esc stops)" in stderr
+    assert len(check_outputs(tmp_path / "out", f"udp-127.0.0.1-{port}-")) >= 10
