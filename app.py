@@ -303,9 +303,17 @@ def parser() -> argparse.ArgumentParser:
         "the files; exit code 0 on a clean stop.",
     )
     live.add_argument(
-        "--camera-size", type=camera_size, metavar="WxH", help="frame size asked of cameras"
+        "--camera-size",
+        type=camera_size,
+        metavar="WxH",
+        help="frame size asked of cameras (default: the camera's own)",
     )
-    live.add_argument("--camera-fps", type=float, help="frame rate asked of cameras")
+    live.add_argument(
+        "--camera-fps",
+        type=float,
+        metavar="FPS",
+        help="frame rate asked of cameras (default: the camera's own)",
+    )
     live.add_argument(
         "--reconnect",
         type=int,
@@ -317,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=10.0,
+        metavar="SECONDS",
         help="seconds a source may take to open, and go without data before it is reopened",
     )
     live.add_argument(

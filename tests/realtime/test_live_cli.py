@@ -23,6 +23,7 @@ import pytest
 from streams import free_port, serve, stop, wait_listening
 from ui_server import tiny_checkpoint
 
+from realtime.batch import live
 from realtime.samples import SYNTHETIC_WALK
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,14 +147,18 @@ def test_rtsp_stream_to_its_end(tmp_path, pose_checkpoint, monkeypatch, caplog):
 
     ender = threading.Thread(target=end_stream_after_poses, daemon=True)
     ender.start()
-    with caplog.at_level(logging.INFO):
+    monkeypatch.setattr(live, "STATS_EVERY_S", 0.5)  # -v: the stats every half second
+    with caplog.at_level(logging.DEBUG, logger="realtime.batch.live"):
         code = app_main(tmp_path, pose_checkpoint, server.client_uri, "--reconnect", "0",
-                        "--timeout", "3")  # fmt: skip
+                        "--timeout", "3", "-v")  # fmt: skip
     ender.join()
     assert code == 0, caplog.text
     lines = check_outputs(out, f"rtsp-127.0.0.1-{port}-live-")
     assert len(lines) >= 5
-    assert "1 processed" not in caplog.text and "0 reconnects" in caplog.text
+    stats = [m for m in caplog.messages if re.search(STATS, m)]
+    assert len(stats) >= 2  # on the way, and at the end
+    assert stats[-1].startswith(f"{server.client_uri}: ") and stats[-1].endswith("0 reconnects")
+    assert int(re.search(STATS, stats[-1])[2]) == len(lines)
 
 
 @pytest.mark.slow
