@@ -4,6 +4,7 @@ reached. No mocks: PyAV reads what ffmpeg sends."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,12 +12,18 @@ import threading
 import time
 from pathlib import Path
 
+import av
 import pytest
+import torch
 from streams import free_port, serve, stop, to_transport_stream, wait_listening
 
+from ccm.poses import FramePoses
 from realtime.batch.live import live_specs, source_slug
-from realtime.io.live import LiveOptions, LiveSource, is_live_spec
+from realtime.io.frames import Frame
+from realtime.io.live import Gap, LiveOptions, LiveSource, is_live_spec
+from realtime.io.segments import LiveSegment
 from realtime.samples import SYNTHETIC_WALK
+from realtime.stream.results import FrameResult
 
 FAST = LiveOptions(timeout=2.0, reconnect=None, backoff=(0.2, 1.0))
 
@@ -181,3 +188,42 @@ def test_unreachable_source_fails_within_its_timeout_naming_it():
 def test_missing_camera_is_a_clear_error():
     with pytest.raises(ValueError, match=r"^/dev/video97: cannot open it \(cannot open camera"):
         LiveSource("/dev/video97", FAST)
+
+
+def test_segment_writes_lines_at_once_and_never_takes_a_used_name(tmp_path: Path, clip_image):
+    base = "udp-1234-20261203T081500Z"
+    (tmp_path / f"{base}.mp4").write_bytes(b"an earlier run's video")  # its name is taken
+    drawn = []
+
+    def render(image, poses, fps, latency_ms):
+        drawn.append(len(poses))
+        return image
+
+    segment = LiveSegment(tmp_path, base, fps=10.0, render=render)
+    other = LiveSegment(tmp_path, base, fps=10.0, render=render)
+    assert segment.jsonl_path.name == f"{base}-2.jsonl"
+    assert other.jsonl_path.name == f"{base}-3.jsonl"
+    other.close()
+    assert not other.video_path.exists()  # no frame, no video; its empty JSON Lines file stays
+    boxes = torch.tensor([[1.0, 2.0, 30.0, 40.0]])
+    keypoints = torch.full((1, 17, 3), 0.5)
+    for i in range(3):
+        poses = FramePoses(i, 0.1 * i, boxes, torch.tensor([0.9]), keypoints, torch.tensor([7]))
+        frame = Frame(i, 0.1 * i, clip_image(i, 48, 64), time.monotonic())
+        if i == 2:
+            segment.write_gap(Gap(2, 100.0, 103.25, "the stream ended", 2))
+        segment.write(FrameResult(frame, poses), captured=1_800_000_000.0 + i)
+        lines = segment.jsonl_path.read_text().splitlines()  # there at once, whole
+        assert json.loads(lines[-1])["frame"] == i
+    segment.close()
+    records = [json.loads(line) for line in segment.jsonl_path.read_text().splitlines()]
+    gap = {"before_frame": 2, "from": 100.0, "to": 103.25, "seconds": 3.25,
+           "reason": "the stream ended", "attempts": 2}  # fmt: skip
+    assert records[2] == {"gap": gap}
+    frames = [r for r in records if "frame" in r]
+    assert [r["captured"] for r in frames] == [1_800_000_000.0, 1_800_000_001.0, 1_800_000_002.0]
+    assert frames[1]["poses"][0]["track_id"] == 7 and frames[1]["pts"] == 0.1
+    assert frames[1]["poses"][0]["box"] == [1.0, 2.0, 30.0, 40.0]
+    with av.open(str(segment.video_path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 3 == len(drawn)
+    assert (tmp_path / f"{base}.mp4").read_bytes() == b"an earlier run's video"
