@@ -98,12 +98,14 @@ class LiveStats:
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
 
     def line(self, source: LiveSource) -> str:
-        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
-        p50, p95 = np.percentile(lat, [50, 95])
+        latency = "no frame yet"
+        if self.latencies_ms:
+            p50, p95 = np.percentile(np.asarray(self.latencies_ms), [50, 95])
+            latency = f"p50 {p50:.0f} ms, p95 {p95:.0f} ms"
         return (
             f"{source.spec}: {source.produced} frames received, {self.processed} processed, "
-            f"{source.dropped} dropped; latency capture to JSON line p50 {p50:.0f} ms, "
-            f"p95 {p95:.0f} ms; {source.reopened} reconnects"
+            f"{source.dropped} dropped; latency capture to JSON line {latency}; "
+            f"{source.reopened} reconnects"
         )
 
 
