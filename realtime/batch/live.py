@@ -253,6 +253,9 @@ def run_live(specs: Sequence[str], out: Path, options: PipelineSpec, run: LiveRu
             _close_windows()
     if stopped_by:
         logger.info("stopped by %s; the outputs are finished", stopped_by)
+    stats = worker.stats
+    logger.info("the models ran %d rounds for %d frames, up to %d frames (sources) a round",
+                stats.rounds, stats.frames, stats.largest_batch)  # fmt: skip
     for stream in streams:
         logger.info("%s", stream.stats.line(stream.source))
         for video, lines in stream.written:

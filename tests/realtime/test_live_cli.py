@@ -216,6 +216,10 @@ def test_two_streams_one_drops_and_returns_until_sigterm(tmp_path, pose_checkpoi
         assert ids and min(ids) == 0
     assert len([line for line in stderr.splitlines() if "frames received" in line]) == 2
     assert "reopened at attempt" in stderr
+    # Both sources' frames went through the models together (one batch a round at times).
+    rounds = re.search(r"the models ran (\d+) rounds for (\d+) frames, up to (\d+) frames", stderr)
+    frames = len([r for r in dropped + steady if "frame" in r])
+    assert int(rounds[2]) == frames and int(rounds[3]) == 2 and int(rounds[1]) < frames
 
 
 def test_unreachable_source_and_usage_errors_are_one_line(
