@@ -36,6 +36,7 @@ configure_offline()  # before ultralytics or gradio is imported
 
 from ccm.nms import NMS_METHODS  # noqa: E402
 from ccm.refine import DECODE_METHODS  # noqa: E402
+from realtime.batch.live_cli import add_live_arguments  # noqa: E402
 from realtime.batch.usage import (  # noqa: E402
     Interrupted,
     UsageError,
@@ -247,8 +248,11 @@ def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
 
 def run_video(args: argparse.Namespace) -> int:
     from realtime.batch.cli import run_videos
+    from realtime.batch.live_cli import live_specs, run_live_command
 
     specs = args.inputs or [SYNTHETIC_WALK]
+    if live_specs(specs):
+        return run_live_command(specs, args, pipeline_options(args))
     return run_videos(
         specs,
         args.out,
@@ -340,9 +344,13 @@ def parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="*",
         help="video files, folders (searched recursively) or glob patterns; an existing path is "
-        "always taken literally (default: the bundled demo clip)",
+        "always taken literally. Or live sources: a camera index (0), a camera device "
+        "(/dev/video0), stream URLs (rtsp://cam/stream, rtsps://, rtmp://, "
+        "http(s)://host/live.ts or .m3u8 or MJPEG, udp://@:1234, tcp://host:port, srt://); "
+        "several at once share the models (default: the bundled demo clip)",
     )
     add_output_arguments(video, resumable=True)
+    add_live_arguments(video)
     add_pipeline_arguments(video)
     add_ray_arguments(video)
     video.set_defaults(run=run_video)

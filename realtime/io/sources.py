@@ -318,14 +318,33 @@ class CameraSource(FrameSource):
     and the camera driver drops what it cannot buffer.
     """
 
-    def __init__(self, device: int | str, realtime: bool, queue_size: int = 8) -> None:
+    def __init__(
+        self,
+        device: int | str,
+        realtime: bool,
+        queue_size: int = 8,
+        size: tuple[int, int] | None = None,
+        fps: float | None = None,
+    ) -> None:
+        """`size` (width, height) and `fps` are asked of the camera; what it gave is logged."""
         super().__init__(realtime, queue_size)
         self._capture = cv2.VideoCapture(device)
+        if self._capture.isOpened():
+            if size is not None:
+                self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
+                self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
+            if fps is not None:
+                self._capture.set(cv2.CAP_PROP_FPS, fps)
         ok, image = self._capture.read() if self._capture.isOpened() else (False, None)
         if not ok or image is None:
             self._capture.release()
             raise ValueError(f"cannot open camera {device!r} (no such device, busy, or no frame)")
-        fps = self._capture.get(cv2.CAP_PROP_FPS)
+        fps_given = self._capture.get(cv2.CAP_PROP_FPS)
+        asked = f"asked for {size[0]}x{size[1]}" if size else "no size asked"
+        asked += f" at {fps:g} fps" if fps else ""
+        log.info("camera %s: %s, gives %dx%d at %.4g fps", device, asked, image.shape[1],
+                 image.shape[0], fps_given)  # fmt: skip
+        fps = fps_given
         self._first = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         self._start = time.monotonic()
         self.info = SourceInfo(
@@ -361,6 +380,9 @@ def open_source(
     queue_size: int = 8,
     playback_rate: float = 1.0,
     folder_fps: float = DEFAULT_FPS,
+    timeout: float = 10.0,
+    camera_size: tuple[int, int] | None = None,
+    camera_fps: float | None = None,
 ) -> FrameSource:
     """Open the right source for `spec`.
 
@@ -372,6 +394,8 @@ def open_source(
         playback_rate: realtime playback speed of files relative to their frame rate;
             `float("inf")` reads as fast as decoding goes.
         folder_fps: frame rate given to image folders.
+        timeout: seconds a stream may take to open, and to deliver data once open.
+        camera_size, camera_fps: (width, height) and frame rate asked of a camera.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -381,12 +405,12 @@ def open_source(
     if isinstance(spec, bool) or not isinstance(spec, (str, int, Path)):
         raise TypeError(f"source must be a path, URL or camera index, got {type(spec).__name__}")
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
-        return CameraSource(int(spec), realtime, queue_size)
+        return CameraSource(int(spec), realtime, queue_size, camera_size, camera_fps)
     text = str(spec)
     if _CAMERA_DEVICE.match(text):
-        return CameraSource(text, realtime, queue_size)
+        return CameraSource(text, realtime, queue_size, camera_size, camera_fps)
     if isinstance(spec, str) and "://" in text:
-        return VideoSource(text, realtime, queue_size, playback_rate)
+        return VideoSource(text, realtime, queue_size, playback_rate, timeout)
     path = Path(spec)
     if path.is_dir():
         return ImageFolderSource(path, realtime, queue_size, fps=folder_fps)
