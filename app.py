@@ -37,12 +37,12 @@ configure_offline()  # before ultralytics or gradio is imported
 from ccm.nms import NMS_METHODS  # noqa: E402
 from ccm.refine import DECODE_METHODS  # noqa: E402
 from realtime.batch.live_cli import add_live_arguments  # noqa: E402
+from realtime.batch.report import describe  # noqa: E402
 from realtime.batch.usage import (  # noqa: E402
     Interrupted,
     UsageError,
     add_output_arguments,
     check_device,
-    describe,
     install_signal_handlers,
     number,
 )

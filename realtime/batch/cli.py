@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,10 +28,9 @@ from realtime.batch.images import (
 )
 from realtime.batch.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
 from realtime.batch.output_guard import refuse_outputs_on_inputs
+from realtime.batch.report import describe, failed_summary, file_size, say
 from realtime.batch.usage import Interrupted, UsageError, check_out_dir, load_pipeline
 from realtime.batch.videos import (
-    VideoReport,
-    describe_error,
     output_paths,
     partial_paths,
     process_video,
@@ -46,12 +44,6 @@ if TYPE_CHECKING:
     from realtime.batch.ray_pool import RayOptions
 
 logger = logging.getLogger(__name__)
-
-
-def _say(line: str) -> None:
-    """One line on stdout, above the progress bars, at once (also into a pipe, under torchrun)."""
-    tqdm.write(line, file=sys.stdout)
-    sys.stdout.flush()
 
 
 def _video_input_problems(found: ExpandedInputs) -> list[tuple[str, str]]:
@@ -92,16 +84,16 @@ def run_videos(
         from realtime.batch.ray_jobs import run_videos_on_ray
 
         return run_videos_on_ray(
-            inputs, problems, out, options, skip_existing, overwrite, ray, say=_say
+            inputs, problems, out, options, skip_existing, overwrite, ray, say=say
         )
     if ranks.distributed and ranks.rank == 0:
         logger.warning("splitting a batch under torchrun is deprecated: use --ray (README)")
     distributed.start(ranks)
     tag = f"[{ranks.label}] " if ranks.distributed else ""
-    mine = distributed.shard(inputs, [_size(i.path) for i in inputs], ranks)
+    mine = distributed.shard(inputs, [file_size(i.path) for i in inputs], ranks)
     if ranks.rank == 0:
         for spec, why in problems:
-            _say(f"FAILED {spec}: {why}")
+            say(f"FAILED {spec}: {why}")
     rows: list[tuple[str, str | None]] = []  # (input, error or None) for the summary
     state = {"current": None, "frame": 0}
     try:
@@ -128,12 +120,12 @@ def run_videos(
                     )  # fmt: skip
                 bar.update(1)
                 rows.append((str(item.path), report.error))
-                _say(tag + report_line(item.path, report))
+                say(tag + report.line())
             state["current"] = None
     except Interrupted as stop:
         where = f" during {state['current']} (frame {state['frame']})" if state["current"] else ""
         finished = sum(1 for _, error in rows if error is None)
-        _say(
+        say(
             f"{tag}interrupted by {stop.name}{where}: {finished} of {len(mine)} input(s) "
             "finished and kept, the unfinished one's files removed; run again with "
             "--skip-existing to go on"
@@ -142,42 +134,19 @@ def run_videos(
     except UsageError as err:
         if not ranks.distributed:
             raise
-        rows = [(str(i.path), describe_error(err, "")) for i in mine]  # tell the others
-        _say(f"{tag}error: {err}")
+        rows = [(str(i.path), describe(err, "")) for i in mine]  # tell the others
+        say(f"{tag}error: {err}")
     merged = [row for part in distributed.gather(rows, ranks) for row in part]
     failed = [spec for spec, _ in problems] + [name for name, error in merged if error]
     total = len(problems) + len(merged)
     if ranks.rank == 0:
         if failed:
-            _say(failed_summary(failed, total))
+            say(failed_summary(failed, total))
         else:
             spread = f" on {ranks.world_size} processes" if ranks.distributed else ""
-            _say(f"all {total} inputs done{spread}; outputs in {out}")
+            say(f"all {total} inputs done{spread}; outputs in {out}")
     distributed.stop(ranks)
     return 1 if failed else 0
-
-
-def report_line(source: Path, report: VideoReport) -> str:
-    """The line that says what became of one video."""
-    if report.error:
-        return f"FAILED {source}: {report.error}"
-    if report.skipped:
-        return f"skipped {source}: {report.video} and {report.jsonl} exist"
-    done = f"{report.frames} frames, {report.fps:.1f} fps"
-    return f"{source} -> {report.video}, {report.jsonl} ({done})"
-
-
-def failed_summary(failed: list[str], total: int, shown: int = 5) -> str:
-    names = ", ".join(failed[:shown])
-    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
-    return f"{len(failed)} of {total} inputs failed: {names}{more}"
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def run_images(
@@ -193,7 +162,7 @@ def run_images(
     check_out_dir(out)
     found = expand_inputs(specs, IMAGE_SUFFIXES, keep_suffix=True, exclude=out, kind="image")
     for spec, why in found.unmatched:
-        _say(f"FAILED {spec}: {why}")
+        say(f"FAILED {spec}: {why}")
     shared = [out / POSES_FILE, out / COCO_RESULTS_FILE, out / COCO_IMAGES_FILE]
     written = shared + [out / item.name for item in found.files]
     refuse_outputs_on_inputs([item.path for item in found.files], written, f"--out {out}")
@@ -211,7 +180,7 @@ def run_images(
         from realtime.batch.ray_jobs import run_images_on_ray
 
         options = dataclasses.replace(options, temporal=TemporalConfig(method="none"))
-        return run_images_on_ray(found.files, failed, out, options, ray, say=_say)
+        return run_images_on_ray(found.files, failed, out, options, ray, say=say)
     try:
         if found.files:
             options = dataclasses.replace(options, temporal=TemporalConfig(method="none"))
@@ -223,7 +192,7 @@ def run_images(
                     bar.update(1)
                     if report.error:
                         failed.append(str(report.source))
-                        _say(f"FAILED {report.source}: {report.error}")
+                        say(f"FAILED {report.source}: {report.error}")
                     else:
                         state["posed"] = state.get("posed", 0) + 1
                         logger.debug("%s -> %s (%d people)", *(report.source, report.rendered,
@@ -231,15 +200,15 @@ def run_images(
 
                 process_images(found.files, out, pipeline, render_frame, progress)
     except Interrupted as stop:
-        _say(
+        say(
             f"interrupted by {stop.name} after {state['done']} of {len(found.files)} images: "
             f"the rendered images are kept, {POSES_FILE} and {COCO_RESULTS_FILE} not written"
         )
         return 128 + stop.signum
     if failed:
-        _say(failed_summary(failed, total))
+        say(failed_summary(failed, total))
     if found.files:
-        _say(
+        say(
             f"{state.get('posed', 0)} images posed: {out / POSES_FILE}, "
             f"{out / COCO_RESULTS_FILE}, rendered images in {out}"
         )

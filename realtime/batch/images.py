@@ -28,7 +28,8 @@ from typing import Any
 
 from ccm.poses import FramePoses
 from realtime.batch.inputs import InputFile
-from realtime.batch.videos import Renderer, describe_error
+from realtime.batch.report import describe
+from realtime.batch.videos import Renderer
 from realtime.io.frames import Frame
 from realtime.io.sinks import CocoResultsWriter, ImagePosesWriter, write_image, write_json
 from realtime.io.sources import read_image
@@ -101,7 +102,7 @@ def pose_image(
         return report, poses
     except Exception as err:  # a bad image is reported, never aborts the rest
         logger.debug("failed on %s", item.path, exc_info=True)
-        report.error = describe_error(err, item.path)
+        report.error = describe(err, item.path)
         if report.rendered is not None:  # no output for an image that failed
             report.rendered.unlink(missing_ok=True)
             report.rendered = None

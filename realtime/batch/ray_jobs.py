@@ -24,11 +24,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ccm.poses import FramePoses
-from realtime.batch.cli import _size, failed_summary, report_line
 from realtime.batch.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, ImageResultsWriter
 from realtime.batch.inputs import InputFile
 from realtime.batch.provenance import earlier_outputs, source_fingerprint
 from realtime.batch.ray_pool import Job, Lost, RayOptions, WorkerPool, connect
+from realtime.batch.report import failed_summary, file_size
 from realtime.batch.usage import Interrupted
 from realtime.batch.videos import Renderer, VideoReport, output_paths, partial_paths
 from realtime.io.atomic_files import remove_stale_parts
@@ -64,10 +64,10 @@ def run_videos_on_ray(
         video, jsonl = output_paths(item.name, out)
         if skip_existing and _done_before(item.path, video, jsonl):  # no worker needed
             rows.append((str(item.path), None))
-            say(report_line(item.path, VideoReport(item.path, video, jsonl, skipped=True)))
+            say(VideoReport(item.path, video, jsonl, skipped=True).line())
         else:
             todo.append(item)
-    order = sorted(range(len(todo)), key=lambda i: (-_size(todo[i].path), i))
+    order = sorted(range(len(todo)), key=lambda i: (-file_size(todo[i].path), i))
     jobs = [Job(i, [todo[i]]) for i in order]
     bars = tqdm(total=len(inputs), initial=len(rows), desc="videos", unit="video")
     frames = tqdm(desc="frames", unit="frame", leave=False)
@@ -90,7 +90,7 @@ def run_videos_on_ray(
                         finished_frames += report.frames
                         bars.update(1)
                         rows.append((str(item.path), report.error))
-                        say(report_line(item.path, report))
+                        say(report.line())
     except KeyboardInterrupt as err:
         stop = _interrupted(err)
         # what a worker killed on the way out began after all

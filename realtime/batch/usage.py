@@ -14,11 +14,11 @@ import argparse
 import logging
 import math
 import os
-import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from realtime.batch.report import describe
 from realtime.stream.assemble import PipelineSpec, build_pipeline
 from realtime.stream.pipeline import PosePipeline
 from realtime.weights.verify import UntrustedWeightsError
@@ -178,11 +178,3 @@ def _raised_in(err: BaseException, places: tuple[str, ...]) -> bool:
             return True
         tb = tb.tb_next
     return False
-
-
-def describe(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    text = re.sub(r"^ERROR\W*", "", text)  # ultralytics' own prefix
-    if isinstance(err, (ValueError, OSError, RuntimeError)) and text:
-        return text
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -22,6 +22,7 @@ import numpy as np
 
 from ccm.poses import FramePoses
 from realtime.batch.provenance import earlier_outputs, fingerprint_tag, source_fingerprint
+from realtime.batch.report import describe
 from realtime.io.atomic_files import close_together, full_disk_message
 from realtime.io.frames import Frame
 from realtime.io.sinks import JsonlWriter, Mp4Writer
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 Renderer = Callable[[np.ndarray, FramePoses, float | None, float | None], np.ndarray]
 
 # Errors whose message says it all; any other kind is named in the report.
-_PLAIN_ERRORS = (ValueError, RuntimeError, OSError)
 
 
 @dataclass
@@ -56,6 +56,15 @@ class VideoReport:
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    def line(self) -> str:
+        """The line that says what became of the input."""
+        if self.error:
+            return f"FAILED {self.source}: {self.error}"
+        if self.skipped:
+            return f"skipped {self.source}: {self.video} and {self.jsonl} exist"
+        done = f"{self.frames} frames, {self.fps:.1f} fps"
+        return f"{self.source} -> {self.video}, {self.jsonl} ({done})"
+
 
 def output_paths(name: str, out_dir: Path) -> tuple[Path, Path]:
     """The rendered video and the JSONL of the input with output name `name` ("sub/clip")."""
@@ -65,14 +74,6 @@ def output_paths(name: str, out_dir: Path) -> tuple[Path, Path]:
 def partial_paths(name: str, out_dir: Path) -> tuple[Path, Path]:
     """Where the frames before a reading error go: `OUT/sub/clip.partial.mp4` and `.jsonl`."""
     return out_dir / f"{name}.partial.mp4", out_dir / f"{name}.partial.jsonl"
-
-
-def describe_error(err: BaseException, source: Path | str) -> str:
-    """A one-line reason, without the input's name in front (the caller names it)."""
-    text = str(err).removeprefix(f"{source}: ")
-    if not isinstance(err, _PLAIN_ERRORS) or not text:
-        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text
 
 
 class _ReadError(Exception):
@@ -168,7 +169,7 @@ def process_video(
     except Exception as err:  # a bad input is reported, never aborts the batch
         logger.debug("failed on %s", source, exc_info=True)
         cause = err.__cause__ if isinstance(err, _ReadError) else err
-        report.error = full_disk_message(cause, out_dir) or describe_error(cause, source)
+        report.error = full_disk_message(cause, out_dir) or describe(cause, source)
         if report.frames and read_error is None:
             report.error += f" (stopped after {report.frames} frames; nothing written)"
         if read_error is not None and report.video is not None:
@@ -218,7 +219,7 @@ class OutputWorker:
     def _raise_error(self) -> None:
         if self._error is not None:
             err = self._error
-            raise RuntimeError(f"writing the outputs failed: {describe_error(err, '')}") from err
+            raise RuntimeError(f"writing the outputs failed: {describe(err, '')}") from err
 
     def mean_stage_ms(self) -> dict[str, float]:
         return {k: v / max(self._count, 1) for k, v in self._totals.items()}

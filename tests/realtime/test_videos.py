@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from ccm.poses import FramePoses
-from realtime.batch.videos import describe_error, output_paths, partial_paths, process_video
+from realtime.batch.report import describe
+from realtime.batch.videos import output_paths, partial_paths, process_video
 from realtime.render import render_frame
 from realtime.stream.results import FrameResult
 
@@ -213,9 +214,9 @@ def test_missing_and_undecodable_inputs_are_reports_not_exceptions(tmp_path: Pat
     assert report.error.startswith("not a decodable video: ")
     missing = process_video(tmp_path / "none.mp4", tmp_path / "out", SquareFinder(), render_frame)
     assert missing.error == f"source not found: {tmp_path / 'none.mp4'}"
-    assert describe_error(MemoryError(), "x") == "MemoryError"
-    assert describe_error(KeyError("k"), "x") == "KeyError: 'k'"
-    assert describe_error(ValueError("x: bad"), "x") == "bad"
+    assert describe(MemoryError(), "x") == "MemoryError"
+    assert describe(KeyError("k"), "x") == "KeyError: 'k'"
+    assert describe(ValueError("x: bad"), "x") == "bad"
 
 
 @pytest.fixture
