@@ -36,7 +36,7 @@ from realtime.batch.usage import (  # noqa: E402
 from realtime.detect.detector import DetectorConfig  # noqa: E402
 from realtime.pose.estimator import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
-from realtime.stream.assemble import PipelineSpec  # noqa: E402
+from realtime.stream.assemble import PipelineSpec, resolve_device  # noqa: E402
 from realtime.stream.pipeline import FILE_DET_EVERY, NMS_METHODS, PipelineConfig  # noqa: E402
 from realtime.temporal.fusion import METHODS as TEMPORAL_METHODS  # noqa: E402
 from realtime.temporal.fusion import TemporalConfig  # noqa: E402
@@ -143,13 +143,18 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
 
 
 def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
+    """The flags as a `PipelineSpec`; `--device auto` is resolved here, so `--half` and
+    `--backend tensorrt` are checked against the device they will run on (`--half` means
+    nothing on the CPU and is dropped there, as for the detector)."""
+    device = resolve_device(args.device)
     return PipelineSpec(
         pose=args.pose,
         detector=args.detector,
-        device=args.device,
+        device=device,
         engine=EngineConfig(
             backend=args.backend,
-            half=args.half,
+            device=device,
+            half=args.half and device != "cpu",
             precision=args.precision,
             flip_test=not args.no_flip,
             flip_alpha=args.ssp_alpha,
