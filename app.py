@@ -15,6 +15,7 @@ splits the inputs across N processes, one GPU each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -211,8 +212,24 @@ def run_bench(args: argparse.Namespace) -> int:
         reference=args.reference, reference_weights=args.reference_weights,
         people_from_gt=args.people_from_gt, fixed_people=args.fixed_people,
     )  # fmt: skip
-    run_benchmark(pipeline_options(args), config)
+    options = pipeline_options(args)
+    engine = options.engine
+    if args.batch_buckets:
+        engine = dataclasses.replace(engine, batch_buckets=args.batch_buckets)
+    stages = dataclasses.replace(options.pipeline, sync_timing=args.sync_timing)
+    run_benchmark(dataclasses.replace(options, engine=engine, pipeline=stages), config)
     return 0
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """ "8,32" -> (8, 32): increasing positive ints, else an argparse error."""
+    try:
+        buckets = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+        raise argparse.ArgumentTypeError(f"buckets must be increasing and >= 1: {text!r}")
+    return buckets
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -339,6 +356,18 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="N people per frame: the detector's top N boxes, or N tiled boxes when it finds "
         "fewer (for random-weight detectors; default: as many as are found)",
+    )
+    bench.add_argument(
+        "--batch-buckets",
+        type=parse_buckets,
+        help="people per compiled pose batch, e.g. 8 or 8,32 (only these are compiled and warmed "
+        "up; more people run in chunks of the largest); default: 1,2,4,8,16,32",
+    )
+    bench.add_argument(
+        "--sync-timing",
+        action="store_true",
+        help="throughput mode: wait for the device after each stage, so per-stage times on CUDA "
+        "are run times, not launch times (latency mode always does)",
     )
     add_pipeline_arguments(bench)
     bench.set_defaults(run=run_bench)
