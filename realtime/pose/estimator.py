@@ -200,6 +200,12 @@ class PoseEstimator:
         }
 
     @property
+    def graphs_per_thread(self) -> bool:
+        """Whether a thread that calls this estimator must warm it up itself: CUDA-graph trees
+        (the compile backend on CUDA) are captured per thread."""
+        return self.config.backend == "compile" and self.device.type == "cuda"
+
+    @property
     def crops_per_person(self) -> int:
         return 2 if self.config.flip_test else 1
 
