@@ -161,6 +161,8 @@ def test_reference_adds_the_yolo_pose_entry(tmp_path, options, pipeline):
     ref = json.loads((tmp_path / "bench.json").read_text())["reference"]
     assert ref["weights"] == "yolo11n-pose.yaml" and ref["random_weights"] is True
     assert ref["frames"] == 3
+    # With confidence 0 and at most 3 boxes, random weights pose as many people as ours.
+    assert ref["people_per_frame"] == 3.0 == report["people"]["per_frame"]
     assert ref["fps"] == pytest.approx(3 / ref["total_s"], rel=1e-12)
     # Ultralytics' own stage times, and the same job as ours: the frames drawn and encoded.
     assert list(ref["stages"]) == ["preprocess", "inference", "postprocess", "decode", "render",
