@@ -215,6 +215,24 @@ def test_oks_nms_hand_made_greedy_chain() -> None:
     assert oks_nms(poses, scores, areas, threshold=0.95).tolist() == [2, 0, 4, 1]
 
 
+def test_greedy_suppression_owners_match_a_plain_walk_on_random_similarities() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 40):
+        for _ in range(20):
+            sim = torch.rand(n, n, generator=generator)
+            sim = (sim + sim.T) / 2
+            scores = torch.randint(0, 5, (n,), generator=generator).float()  # ties too
+            order = sorted(range(n), key=lambda i: (-scores[i].item(), i))
+            owner, alive = list(range(n)), set(range(n))
+            for rank, i in enumerate(order):  # the walk the docstring describes
+                if i in alive:
+                    for j in order[rank + 1 :]:
+                        if j in alive and sim[i, j] > 0.6:
+                            owner[j] = i
+                            alive.discard(j)
+            assert greedy_suppression(sim, scores, 0.6).tolist() == owner
+
+
 def _greedy_reference(poses, scores, areas, thr, sigmas, vis_thr):
     """A plain per-pose loop: HRNet / MMPose oks_nms with MMPose's vis_thr on both poses."""
     vars_ = (np.asarray(sigmas) * 2) ** 2
