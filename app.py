@@ -144,14 +144,15 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
 
 
 def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
-    """The flags as a `PipelineSpec`; `--device auto` is resolved here, so `--half` and
-    `--backend tensorrt` are checked against the device they will run on (`--half` means
-    nothing on the CPU and is dropped there, as for the detector)."""
+    """The flags as a `PipelineSpec`. The pose engine's config gets the device `--device`
+    resolves to here, so `--half` and `--backend tensorrt` are checked against the device they
+    will run on (`--half` means nothing on the CPU and is dropped there, as for the detector);
+    the spec keeps `--device` as given (torchrun ranks pick their own GPU from "auto")."""
     device = resolve_device(args.device)
     return PipelineSpec(
         pose=args.pose,
         detector=args.detector,
-        device=device,
+        device=args.device,
         engine=EngineConfig(
             backend=args.backend,
             device=device,
