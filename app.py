@@ -34,6 +34,7 @@ from realtime.batch.usage import (  # noqa: E402
     describe,
     install_signal_handlers,
 )
+from realtime.bench.config import parse_buckets  # noqa: E402
 from realtime.detect.detector import DetectorConfig  # noqa: E402
 from realtime.pose.estimator import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
@@ -144,10 +145,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
 
 
 def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
-    """The flags as a `PipelineSpec`. The pose engine's config gets the device `--device`
-    resolves to here, so `--half` and `--backend tensorrt` are checked against the device they
-    will run on (`--half` means nothing on the CPU and is dropped there, as for the detector);
-    the spec keeps `--device` as given (torchrun ranks pick their own GPU from "auto")."""
+    """The flags as a `PipelineSpec`; the engine config gets the resolved device, so `--half`
+    and `--backend tensorrt` are checked against it (`--half` is dropped on the CPU), the spec
+    keeps `--device` as given (torchrun ranks pick their own GPU from "auto")."""
     device = resolve_device(args.device)
     return PipelineSpec(
         pose=args.pose,
@@ -214,23 +214,12 @@ def run_bench(args: argparse.Namespace) -> int:
         people_from_gt=args.people_from_gt, fixed_people=args.fixed_people,
     )  # fmt: skip
     options = pipeline_options(args)
-    engine = options.engine
-    if args.batch_buckets:
-        engine = dataclasses.replace(engine, batch_buckets=args.batch_buckets)
-    stages = dataclasses.replace(options.pipeline, sync_timing=args.sync_timing)
-    run_benchmark(dataclasses.replace(options, engine=engine, pipeline=stages), config)
+    buckets = args.batch_buckets or options.engine.batch_buckets
+    run_benchmark(dataclasses.replace(
+        options, engine=dataclasses.replace(options.engine, batch_buckets=buckets),
+        pipeline=dataclasses.replace(options.pipeline, sync_timing=args.sync_timing),
+    ), config)  # fmt: skip
     return 0
-
-
-def parse_buckets(text: str) -> tuple[int, ...]:
-    """ "8,32" -> (8, 32): increasing positive ints, else an argparse error."""
-    try:
-        buckets = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
-    if list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
-        raise argparse.ArgumentTypeError(f"buckets must be increasing and >= 1: {text!r}")
-    return buckets
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -216,21 +216,16 @@ def test_oks_nms_hand_made_greedy_chain() -> None:
 
 
 def test_greedy_suppression_owners_match_a_plain_walk_on_random_similarities() -> None:
-    generator = torch.Generator().manual_seed(0)
-    for n in (1, 2, 7, 40):
-        for _ in range(20):
-            sim = torch.rand(n, n, generator=generator)
-            sim = (sim + sim.T) / 2
-            scores = torch.randint(0, 5, (n,), generator=generator).float()  # ties too
-            order = sorted(range(n), key=lambda i: (-scores[i].item(), i))
-            owner, alive = list(range(n)), set(range(n))
-            for rank, i in enumerate(order):  # the walk the docstring describes
-                if i in alive:
-                    for j in order[rank + 1 :]:
-                        if j in alive and sim[i, j] > 0.6:
-                            owner[j] = i
-                            alive.discard(j)
-            assert greedy_suppression(sim, scores, 0.6).tolist() == owner
+    torch.manual_seed(0)
+    for n in [1, 2, 7, 40] * 20:
+        sim, scores = torch.rand(n, n), torch.randint(0, 5, (n,)).float()  # score ties too
+        order = sorted(range(n), key=lambda i: (-scores[i].item(), i))
+        owner = list(range(n))  # owner[j] == j while j is alive
+        for rank, i in enumerate(order):  # the walk the docstring describes
+            for j in order[rank + 1 :]:
+                if owner[i] == i and owner[j] == j and sim[i, j] + sim[j, i] > 1.2:
+                    owner[j] = i
+        assert greedy_suppression(sim + sim.T, scores, 1.2).tolist() == owner
 
 
 def _greedy_reference(poses, scores, areas, thr, sigmas, vis_thr):
