@@ -15,6 +15,7 @@ runs the batch as a Ray job, one worker per GPU, locally or on a cluster.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -46,7 +47,9 @@ from realtime.batch.usage import (  # noqa: E402
     install_signal_handlers,
     number,
 )
+from realtime.bench.config import parse_buckets  # noqa: E402
 from realtime.detect.detector import DetectorConfig  # noqa: E402
+from realtime.device import resolve_device  # noqa: E402
 from realtime.pose.estimator import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
 from realtime.stream.assemble import PipelineSpec  # noqa: E402
@@ -213,13 +216,18 @@ def ray_options(args: argparse.Namespace) -> RayOptions | None:
 
 
 def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
+    """The flags as a `PipelineSpec`; the engine config gets the resolved device, so `--half`
+    and `--backend tensorrt` are checked against it (`--half` is dropped on the CPU), the spec
+    keeps `--device` as given (torchrun ranks pick their own GPU from "auto")."""
+    device = str(resolve_device(args.device))
     return PipelineSpec(
         pose=args.pose,
         detector=args.detector,
         device=args.device,
         engine=EngineConfig(
             backend=args.backend,
-            half=args.half,
+            device=device,
+            half=args.half and device != "cpu",
             precision=args.precision,
             flip_test=not args.no_flip,
             flip_alpha=args.ssp_alpha,
@@ -292,7 +300,12 @@ def run_bench(args: argparse.Namespace) -> int:
         reference=args.reference, reference_weights=args.reference_weights,
         people_from_gt=args.people_from_gt, fixed_people=args.fixed_people,
     )  # fmt: skip
-    run_benchmark(pipeline_options(args), config)
+    options = pipeline_options(args)
+    buckets = args.batch_buckets or options.engine.batch_buckets
+    run_benchmark(dataclasses.replace(
+        options, engine=dataclasses.replace(options.engine, batch_buckets=buckets),
+        pipeline=dataclasses.replace(options.pipeline, sync_timing=args.sync_timing),
+    ), config)  # fmt: skip
     return 0
 
 
@@ -429,6 +442,18 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="N people per frame: the detector's top N boxes, or N tiled boxes when it finds "
         "fewer (for random-weight detectors; default: as many as are found)",
+    )
+    bench.add_argument(
+        "--batch-buckets",
+        type=parse_buckets,
+        help="people per compiled pose batch, e.g. 8 or 8,32 (only these are compiled and warmed "
+        "up; more people run in chunks of the largest); default: 1,2,4,8,16,32",
+    )
+    bench.add_argument(
+        "--sync-timing",
+        action="store_true",
+        help="throughput mode: wait for the device after each stage, so per-stage times on CUDA "
+        "are run times, not launch times (latency mode always does)",
     )
     add_pipeline_arguments(bench)
     bench.set_defaults(run=run_bench)

@@ -154,12 +154,17 @@ def greedy_suppression(similarity: Tensor, scores: Tensor, threshold: float) -> 
     # Only later poses can be suppressed; strict upper triangle keeps the diagonal and any
     # already-decided pose out of reach.
     over = torch.triu(ranked > threshold, diagonal=1)
+    # Only the walk that decides who stays alive is sequential (two small ops a step; a pose's
+    # fate is settled before its own step). Each suppressed pose's owner is then the first
+    # surviving pose above it that covers it, found for all at once.
     alive = torch.ones(n, dtype=torch.bool, device=scores.device)
-    owner_rank = torch.arange(n, device=scores.device)
     for r in range(n):
-        hit = over[r] & alive & alive[r]
-        owner_rank = torch.where(hit, r, owner_rank)
-        alive = alive & ~hit
+        alive &= ~(over[r] & alive[r])
+    owner_rank = torch.arange(n, device=scores.device)
+    if n:
+        covers = over & alive[:, None]
+        first = covers.to(torch.uint8).argmax(0)  # the first maximum: the highest-ranked owner
+        owner_rank = torch.where(covers.any(0), first, owner_rank)
     owner = torch.empty_like(owner_rank)
     owner[order] = order[owner_rank]
     return owner

@@ -189,6 +189,22 @@ def test_every_pipeline_flag_reaches_its_config():
     assert defaults.pipeline.nms_threshold == 0.9 and defaults.detection.imgsz is None
 
 
+def test_half_and_tensorrt_flags_build_a_cuda_engine_config():
+    # EngineConfig checks fp16 and tensorrt against its own device: the flags must set it.
+    app = _load_app()
+    for command in ("video", "ui", "bench"):
+        for backend in ("eager", "compile", "tensorrt"):
+            args = app.parser().parse_args(
+                [command, "--device", "cuda", "--half", "--backend", backend]
+            )
+            options = app.pipeline_options(args)
+            assert (options.device, options.engine.device) == ("cuda", "cuda")
+            assert options.engine.resolved_precision == "fp16"
+            assert options.engine.backend == backend and options.detection.half
+    on_cpu = app.pipeline_options(app.parser().parse_args(["video", "--device", "cpu", "--half"]))
+    assert on_cpu.engine.device == "cpu" and on_cpu.engine.resolved_precision != "fp16"
+
+
 def _frames(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,3 +40,14 @@ class BenchConfig:
             raise ValueError(f"fixed_people must be >= 1, got {self.fixed_people}")
         if self.fixed_people is not None and self.people_from_gt is not None:
             raise ValueError("choose one of people_from_gt and fixed_people, not both")
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """`--batch-buckets` "8,32" -> (8, 32): increasing positive ints, else an argparse error."""
+    try:
+        buckets = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+        raise argparse.ArgumentTypeError(f"buckets must be increasing and >= 1: {text!r}")
+    return buckets

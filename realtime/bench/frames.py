@@ -82,19 +82,31 @@ class PeopleOverride:
         self.fixed = fixed
         self.ground_truth = ground_truth
         self.detected: list[int] = []  # boxes the detector itself found, per call
+        self._device_boxes: dict[tuple, Tensor] = {}
 
     def __call__(self, frame: Frame, found: Detections) -> Detections:
         boxes, scores = found
         self.detected.append(len(boxes))
+        device = boxes.device
         if self.ground_truth is not None:
-            boxes = self.ground_truth[frame.index % len(self.ground_truth)]
-            return Detections(boxes, torch.ones(len(boxes)))
+            index = frame.index % len(self.ground_truth)
+            boxes = self._on(device, ("truth", index), lambda: self.ground_truth[index])
+            return Detections(boxes, torch.ones(len(boxes), device=device))
         if self.fixed is not None:
             if len(boxes) >= self.fixed:  # detections come sorted by score, best first
                 return Detections(boxes[: self.fixed], scores[: self.fixed])
-            boxes = tiled_boxes(self.fixed, frame.image.shape[0], frame.image.shape[1])
-            return Detections(boxes, torch.ones(self.fixed))
+            size = frame.image.shape[:2]
+            boxes = self._on(device, size, lambda: tiled_boxes(self.fixed, *size))
+            return Detections(boxes, torch.ones(self.fixed, device=device))
         return found
+
+    def _on(self, device: torch.device, key: object, make) -> Tensor:
+        """Boxes made (on the host) once and kept on the detector's device: no upload per
+        frame."""
+        cached = self._device_boxes.get((device, key))
+        if cached is None:
+            cached = self._device_boxes[device, key] = make().to(device)
+        return cached
 
 
 # ----------------------------------------------------------------------------- frames

@@ -222,6 +222,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"{report['total_s']:.2f} s); latency p50 {lat['median_ms']:.1f} ms, "
         f"p95 {lat['p95_ms']:.1f} ms; {people['per_frame']:.2f} people/frame "
         f"({people['poses_per_frame']:.2f} poses out)",
+        f"graphs compiled after warm-up: {report.get('graphs_compiled_after_warmup')}; peak "
+        f"device memory MiB: {_number(report['device'].get('peak_memory_mb'))}; host syncs per "
+        f"frame: {_number(report.get('host_syncs_per_frame'))}",
     ]
     ref = report.get("reference")
     if ref:
@@ -236,6 +239,10 @@ def format_table(report: dict[str, Any]) -> str:
             f"ours / reference fps: {report['fps_ratio']:.2f}",
         ]
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def plot_stages(report: dict[str, Any], path: Path) -> None:

@@ -44,6 +44,12 @@ from typing import Any, TextIO
 
 from realtime.batch.videos import OutputWorker
 from realtime.bench.config import BenchConfig
+from realtime.bench.counters import (
+    compiled_graphs,
+    peak_memory_mb,
+    reset_peak_memory,
+    syncs_per_frame,
+)
 from realtime.bench.frames import ClipLoop, PeopleOverride, load_ground_truth_boxes
 from realtime.bench.reference import YoloPoseReference, check_reference_weights
 from realtime.bench.report import (
@@ -65,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 
 Runner = Callable[[Iterator[Frame]], Iterator[FrameResult]]
+SYNC_FRAMES = 12  # frames run after timing with CUDA's sync debug mode on, to count host syncs
 
 
 def _throughput(run: Runner, frames: ClipLoop, config: BenchConfig, tmp: Path):
@@ -181,13 +188,21 @@ def run_benchmark(
     bench = PosePipeline(base.detector, base.estimator, base.temporal, stage_config)
     bench.reset()
     run = _latency if latency_mode else _throughput
+    graphs = compiled_graphs()  # the pose stage is built and warmed up: nothing more to compile
+    reset_peak_memory(device)
     try:
         with tempfile.TemporaryDirectory(prefix="ccm-bench-") as tmp:
             runner = functools.partial(bench.stream, people=people, live=latency_mode)
             records, seconds = run(runner, frames, config, Path(tmp))
+        counted = syncs_per_frame(
+            device, lambda: sum(1 for _ in runner(islice(frames, SYNC_FRAMES)))
+        )
     finally:
         frames.close()
     report = build_report(options, config, base, device, frames, records, seconds, people)
+    report["graphs_compiled_after_warmup"] = compiled_graphs() - graphs
+    report["device"]["peak_memory_mb"] = peak_memory_mb(device)
+    report["host_syncs_per_frame"] = counted
     report["cpu"]["load_average_at_start"] = list(load) if load else None
     # What actually ran, where the options left it to the pipeline or to the mode.
     report["config"]["pipeline"]["detection"]["weights"] = report["pose_model"]["detector"]

@@ -136,8 +136,9 @@ class PoseEstimator:
             # and skip its per-call weight casts (a third faster on an AMX CPU).
             self.dtype, self._autocast = torch.bfloat16, False
             network = network.to(self.dtype)
-        if self.device.type == "cpu":  # oneDNN's fast convolutions are channels-last
-            network = network.to(memory_format=torch.channels_last)
+        # oneDNN's fast convolutions are channels-last, and so are cuDNN's fp16 tensor-core ones.
+        network = network.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu":
             if config.backend == "eager":  # torch.compile fuses on its own
                 example = torch.randn(2, 3, *pose.input_size).to(self.dtype)
                 example = example.contiguous(memory_format=torch.channels_last)
@@ -160,7 +161,7 @@ class PoseEstimator:
             "device": str(self.device),
             "precision": self.precision,
             "bf16_hardware": cpu_has_bf16() if self.device.type == "cpu" else None,
-            "channels_last": self.device.type == "cpu",
+            "channels_last": True,
             "batch_norms_folded": self.folded,
             "activations_fused": self.fused,
             "flip_test": self.config.flip_test,
@@ -168,6 +169,12 @@ class PoseEstimator:
             "blur_kernel": self.config.blur_kernel,
             "batch_buckets": list(self.config.batch_buckets),
         }
+
+    @property
+    def graphs_per_thread(self) -> bool:
+        """Whether a thread that calls this estimator must warm it up itself: CUDA-graph trees
+        (the compile backend on CUDA) are captured per thread."""
+        return self.config.backend == "compile" and self.device.type == "cuda"
 
     @property
     def crops_per_person(self) -> int:
@@ -265,9 +272,7 @@ class PoseEstimator:
             # A mirrored crop of a region is the crop mirrored: no second warp needed.
             crops = torch.cat((crops, crops.flip(-1)))
         crops = ((crops - self._mean) / self._std).to(self.dtype)
-        if self.device.type == "cpu":
-            crops = crops.contiguous(memory_format=torch.channels_last)
-        return crops, center, scale
+        return crops.contiguous(memory_format=torch.channels_last), center, scale
 
     def warm_up(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Run every bucket once, so compiling (and CUDA-graph capture) happens now, not

@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ccm.checkpoint import load_checkpoint
 from realtime.detect.detector import DetectorConfig, PersonDetector
 from realtime.device import resolve_device
@@ -67,6 +69,8 @@ def build_pipeline(options: PipelineSpec) -> PosePipeline:
     logger.info(
         "pose model: %s (%s, input %s)", pose_path, pose_config.arch, pose_config.input_size
     )
+    if device.startswith("cuda"):  # shapes are fixed (batch buckets, one frame size): tune once
+        torch.backends.cudnn.benchmark = True
     engine_config = dataclasses.replace(
         options.engine, device=device, half=options.engine.half and device != "cpu"
     )

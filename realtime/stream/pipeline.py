@@ -198,7 +198,7 @@ class PosePipeline:
                 b, s = interpolate_detections(state.detected, found[source], t)
             else:  # boxes from the previous poses; their detector scores rescore them
                 b = _boxes_from_poses(state, frames[i], self.config, (height, width))
-                s = state.previous_box_scores
+                b, s = _together_to(self.device, b, state.previous_box_scores)
             boxes.append(b.to(self.device, torch.float32))
             box_scores.append(s.to(self.device, torch.float32))
         counts = [len(b) for b in boxes]
@@ -241,7 +241,9 @@ class PosePipeline:
         if not hasattr(self.detector, "detect"):
             return [Detections(*self.detector(images[i])) for i in detect]
         rows = [group.index(i) for i in detect]
-        return self.detector.detect(pixels if len(rows) == len(group) else pixels[rows])
+        if len(rows) < len(group):  # views of the rows, not an index list uploaded to the device
+            pixels = torch.cat([pixels[r : r + 1] for r in rows])
+        return self.detector.detect(pixels)
 
     def _suppress(
         self, boxes: Tensor, box_scores: Tensor, keypoints: Tensor, frame_of: Tensor, usable: Tensor
@@ -301,6 +303,15 @@ def _boxes_from_poses(
     return boxes_from_keypoints(
         state.previous.keypoints, config.box_keypoint_threshold, image_size=size
     )
+
+
+def _together_to(device: torch.device, boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Boxes (N, 4) and scores (N,) as float32 on `device`, in one copy when both are
+    elsewhere (on the host: one upload, not two)."""
+    if boxes.device != scores.device:
+        return boxes.to(device, torch.float32), scores.to(device, torch.float32)
+    both = torch.cat((boxes.float(), scores.float()[:, None]), 1).to(device)
+    return both[:, :4], both[:, 4]
 
 
 def _rgb(frame: Frame) -> np.ndarray:

@@ -71,6 +71,13 @@ class EngineCache:
         """The loaded engines, least recently used first."""
         return list(self._pipelines.items())
 
+    def warm_up_here(self) -> None:
+        """Warm the loaded engines up again on the calling thread where they need it
+        (`PoseEstimator.graphs_per_thread`): they were built, and warmed, on another one."""
+        for pipeline in self._pipelines.values():
+            if pipeline.estimator.graphs_per_thread:
+                pipeline.estimator.warm_up()
+
     def get(self, key: EngineKey) -> PosePipeline:
         """The pipeline for `key`, built (and the checkpoint loaded) if needed; raises
         ValueError / OSError / RuntimeError for a checkpoint that does not load."""
@@ -160,6 +167,9 @@ class ServingWorker:
         self._jobs: deque[_Request] = deque()
         self._live: dict[int, float] = {}  # stream id -> when it last sent a frame
         self._closed = False
+        # The first job: engines built elsewhere capture their CUDA graphs on this thread now,
+        # not bucket by bucket in the middle of the first streams.
+        self._jobs.append(_Request(engines.warm_up_here))
         self._thread = threading.Thread(target=self._run, name="ccm-pose-serving", daemon=True)
         self._thread.start()
 

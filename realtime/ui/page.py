@@ -40,11 +40,11 @@ configure_offline()  # before gradio is imported: no analytics, no version check
 
 import gradio as gr  # noqa: E402
 
+from realtime.device import resolve_device  # noqa: E402
 from realtime.stream.assemble import (  # noqa: E402
     PipelineSpec,
     build_pipeline,
     default_pose_checkpoint,
-    resolve_device,
 )
 from realtime.stream.pipeline import PosePipeline  # noqa: E402
 from realtime.stream.serving import EngineCache  # noqa: E402
@@ -124,7 +124,7 @@ def build_ui(
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=keep) as demo:
         gr.Markdown(_INTRO)
         add_weights_notice(demo, pose_path, pipeline.detector.config.weights, config.weights_dir,
-                           resolve_device(options.device))  # fmt: skip
+                           str(resolve_device(options.device)))  # fmt: skip
         session = gr.State(None, delete_callback=app.end_session)
         saved = gr.BrowserState(None, storage_key=SETTINGS_KEY)
         with gr.Accordion("Models and settings (yours only)", open=True):

@@ -215,6 +215,19 @@ def test_oks_nms_hand_made_greedy_chain() -> None:
     assert oks_nms(poses, scores, areas, threshold=0.95).tolist() == [2, 0, 4, 1]
 
 
+def test_greedy_suppression_owners_match_a_plain_walk_on_random_similarities() -> None:
+    torch.manual_seed(0)
+    for n in [1, 2, 7, 40] * 20:
+        sim, scores = torch.rand(n, n), torch.randint(0, 5, (n,)).float()  # score ties too
+        order = sorted(range(n), key=lambda i: (-scores[i].item(), i))
+        owner = list(range(n))  # owner[j] == j while j is alive
+        for rank, i in enumerate(order):  # the walk the docstring describes
+            for j in order[rank + 1 :]:
+                if owner[i] == i and owner[j] == j and sim[i, j] + sim[j, i] > 1.2:
+                    owner[j] = i
+        assert greedy_suppression(sim + sim.T, scores, 1.2).tolist() == owner
+
+
 def _greedy_reference(poses, scores, areas, thr, sigmas, vis_thr):
     """A plain per-pose loop: HRNet / MMPose oks_nms with MMPose's vis_thr on both poses."""
     vars_ = (np.asarray(sigmas) * 2) ** 2

@@ -164,6 +164,8 @@ def test_reference_adds_the_yolo_pose_entry(tmp_path, options, pipeline):
     ref = json.loads((tmp_path / "bench.json").read_text())["reference"]
     assert ref["weights"] == "yolo11n-pose.yaml" and ref["random_weights"] is True
     assert ref["frames"] == 3
+    # With confidence 0 and at most 3 boxes, random weights pose as many people as ours.
+    assert ref["people_per_frame"] == 3.0 == report["people"]["per_frame"]
     assert ref["fps"] == pytest.approx(3 / ref["total_s"], rel=1e-12)
     # Ultralytics' own stage times, and the same job as ours: the frames drawn and encoded.
     assert list(ref["stages"]) == ["preprocess", "inference", "postprocess", "decode", "render",
@@ -258,14 +260,25 @@ def test_bad_config_and_missing_inputs_are_refused(tmp_path, options, pipeline):
         run_benchmark(options, config, pipeline=pipeline, table=io.StringIO())
 
 
+def test_cli_bench_refuses_buckets_that_are_not_increasing(tmp_path):
+    command = [sys.executable, str(ROOT / "app.py"), "bench", "--batch-buckets", "8,4"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "buckets must be increasing" in result.stderr
+
+
 def test_cli_bench_exits_zero_and_writes_the_report(tmp_path, pose_checkpoint):
     command = [sys.executable, str(ROOT / "app.py"), "bench", "--frames", "5", "--warmup", "1",
                "--out", str(tmp_path / "bench"), "--pose", str(pose_checkpoint),
                "--detector", "yolo11n.yaml", "--det-conf", "0", "--det-max", "3",
-               "--det-size", "320", "--device", "cpu", "--fixed-people", "2"]  # fmt: skip
+               "--det-size", "320", "--device", "cpu", "--fixed-people", "2",
+               "--batch-buckets", "2,4", "--sync-timing"]  # fmt: skip
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert report["frames"] == 5 and report["people"]["per_frame"] == 2.0
+    assert report["profile"]["pose"]["batch_buckets"] == [2, 4]
+    assert report["config"]["pipeline"]["pipeline"]["sync_timing"] is True
+    assert report["graphs_compiled_after_warmup"] == 0
+    assert report["host_syncs_per_frame"] is None and report["device"]["peak_memory_mb"] is None
     assert "end-to-end" in result.stdout and "fixed at 2" in result.stdout

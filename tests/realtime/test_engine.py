@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from toys import DotFinder, blob_frame
@@ -10,6 +12,7 @@ from realtime.pose.estimator import EngineConfig, PoseEstimator
 
 SIZE = (128, 96)
 POSE = PoseConfig("ccm_mobilenetv2", input_size=SIZE)
+DEMO_POSE = Path(__file__).parents[2] / "weights" / "demo-ccm-mobilenetv2-128x96.safetensors"
 
 
 def engine(backend="eager", **kw) -> PoseEstimator:
@@ -230,18 +233,30 @@ def test_gpu_fp16_crops_at_1080p_land_within_a_tenth_of_a_pixel_of_fp32():
 @pytest.mark.cuda
 @cuda
 def test_gpu_real_network_fp16_and_compile_agree_with_fp32():
-    torch.manual_seed(0)
-    model = POSE.build_model()
-    frame = blob_frame([(200.0, 180.0)]).cuda()
-    boxes = torch.tensor([[150.0, 100.0, 250.0, 260.0], [100.0, 50.0, 300.0, 300.0]]).cuda()
-    ref = PoseEstimator(model, POSE, EngineConfig(device="cuda", decoder="argmax", blur_kernel=0))
+    # Trained weights on a frame of the demo clip: heatmaps peak near 1, well inside fp16's range
+    # (a random network's are about 1e-15 and flush to 0 in fp16). Simulated in fp16 on the
+    # CPU the scores differ by 4e-4 and the keypoints by 0.06 px.
+    import av
+
+    from ccm.checkpoint import load_checkpoint
+    from realtime.samples import SYNTHETIC_WALK
+
+    model, pose = load_checkpoint(DEMO_POSE)
+    with av.open(str(SYNTHETIC_WALK)) as container:
+        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    frame = torch.from_numpy(image).permute(2, 0, 1)[None].float().cuda()
+    # Two walkers of the clip's first frame, from its ground truth (x1, y1, x2, y2).
+    boxes = torch.tensor([[852.5, 177.5, 959.5, 530.5], [787.5, 170.5, 863.5, 336.5]]).cuda()
+    ref = PoseEstimator(model, pose, EngineConfig(device="cuda", precision="fp32", blur_kernel=0))
     half = PoseEstimator(
-        model, POSE, EngineConfig(device="cuda", half=True, backend="compile", decoder="argmax",
-                                  blur_kernel=0, batch_buckets=(1, 2, 4)),
+        model, pose, EngineConfig(device="cuda", half=True, backend="compile", blur_kernel=0,
+                                  batch_buckets=(1, 2, 4)),
     )  # fmt: skip
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
     a, b = ref(frame, boxes), half(frame, boxes)
-    assert (a[..., 2] - b[..., 2]).abs().max() < 2e-2 * a[..., 2].abs().max()
+    assert a[..., 2].min() > 0.2, a[..., 2]
+    assert (a[..., 2] - b[..., 2]).abs().max() < 1e-2 * a[..., 2].abs().max()
+    assert (a[..., :2] - b[..., :2]).norm(dim=-1).max() < 0.3
 
 
 def test_tensorrt_cache_key_changes_with_weights_precision_gpu_and_versions(monkeypatch):

@@ -4,6 +4,7 @@ filtering, micro-batches, reset, broken inputs, and its one device->host copy.""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ POSE = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+ROOT = Path(__file__).resolve().parents[2]
 POINTS = [(120.3, 150.6), (300.8, 200.2), (401.5, 95.0)]
 
 
@@ -192,6 +194,23 @@ def test_after_detection_the_frame_reaches_the_host_in_one_copy(monkeypatch):
     # On the CPU: zero-copy views of the frame and the crops' affine maps for OpenCV's warp,
     # then the packed result, once; nothing else asked the device.
     assert calls == ["numpy", "numpy", "numpy"]
+
+
+def test_with_the_real_detector_only_the_detected_frame_waits_and_only_twice():
+    # What would make a CUDA host wait, counted on the CPU: the detector's candidate mask and
+    # torchvision's NMS on the detected frame (ultralytics' own NMS waits four times), nothing
+    # for the frames between detections, the pose stage or the duplicate suppression.
+    from realtime.bench.counters import SyncOps
+    from realtime.detect.detector import DetectorConfig, PersonDetector
+
+    weights = ROOT / "weights" / "demo-yolo11n-person.pt"
+    det = PersonDetector(DetectorConfig(weights, conf=0.0, max_det=3, imgsz=320, device="cpu"))
+    pipe = pipeline(det, PipelineConfig(det_every=3, min_pose_score=0.0))
+    pipe(frame(0))
+    with SyncOps() as ops:
+        results = pipe.process([frame(i) for i in range(1, 4)])  # 1, 2 between; 3 detected
+    assert [len(r.poses) for r in results] == [2, 2, 2]  # of the 3 boxes, 2 separate people
+    assert ops.found == ["nonzero", "nms"]
 
 
 def _counting(real, name, calls):
