@@ -48,8 +48,11 @@ from realtime.stream.assemble import (  # noqa: E402
 from realtime.stream.pipeline import PosePipeline  # noqa: E402
 from realtime.stream.serving import EngineCache  # noqa: E402
 from realtime.temporal.fusion import TemporalConfig  # noqa: E402
+from realtime.ui.live import HEAD as LIVE_HEAD  # noqa: E402
+from realtime.ui.live import mount_live  # noqa: E402
 from realtime.ui.media import (  # noqa: E402
     FileSweeper,
+    limit_malloc_arenas,
     local_image,
     local_video,
     memory_image,
@@ -139,7 +142,9 @@ def build_ui(
                                               label="Smoothing across frames")  # fmt: skip
             gr.Markdown(_HELP_SETTINGS)
         controls = [pose, det_every, flip, decoder, temporal_choice]
-        demo.load(app.restore, saved, [session, loaded, *controls], api_visibility="private")
+        restored = demo.load(
+            app.restore, saved, [session, loaded, *controls], api_visibility="private"
+        )
         # `change` fires however the value changed (typing, arrow keys, a drag, a click).
         gr.on(
             [c.change for c in controls], app.apply_settings, [*controls, session],
@@ -150,11 +155,15 @@ def build_ui(
         with gr.Tabs():
             with gr.Tab(TAB_TITLES[0]):
                 gr.Markdown(
-                    "Allow the browser to use your camera and press record. The right side shows "
-                    "the skeletons, track ids, frames per second and the delay of each frame. "
+                    "Press Record and allow the browser to use your camera. Your camera plays "
+                    "here at its own rate, with the skeletons, track ids, pose updates per second "
+                    "and the delay from the camera to the skeletons drawn over it. "
                     f"Up to {config.max_streams} people can stream at once."
                 )
-                with gr.Row():
+                gr.HTML("", elem_id="live-view")  # filled by live.js
+                token = gr.HTML("", elem_id="live-session", padding=False)
+                restored.then(app.live_token, session, token, api_visibility="private")
+                with gr.Row(elem_id="webcam-fallback"):
                     camera = local_image(sources=["webcam"], streaming=True, type="numpy",
                                          label="Camera", elem_id="camera")  # fmt: skip
                     live = memory_image(show_label=False, interactive=False, elem_id="poses")
@@ -231,18 +240,30 @@ def serve(
     """
     _, url, share_url = demo.launch(
         server_name=HOST, server_port=resolve_port(port), share=share,
-        max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, show_error=False,
+        max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=True, show_error=False,
         quiet=not block, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-        footer_links=["api", "settings"], css=_CSS,
+        footer_links=["api", "settings"], css=_CSS, head=LIVE_HEAD,
         theme=gr.themes.Default(font=_THEME_FONTS, font_mono=_THEME_MONO),
     )  # fmt: skip
+    mount_live(demo.server_app, demo.pose_app)
     if share_url:
         logger.info("public share link: %s", share_url)
+    if block:
+        demo.block_thread()
     return url
 
 
 # The model list shows whole file names (they are long: arch, dataset, input size).
-_CSS = "#pose-model input, #pose-model .token, #pose-model li { text-overflow: clip; }"
+_CSS = "#pose-model input, #pose-model .token, #pose-model li { text-overflow: clip; }" + (
+    # The live view: the camera's video with the skeleton canvas over it; the older image
+    # stream shows only where the live connection failed (live.js sets body.ccm-fallback).
+    ".ccm-live-view { position: relative; width: fit-content; max-width: 100%; }"
+    ".ccm-live-view video { display: block; max-width: 100%; }"
+    ".ccm-live-view canvas { position: absolute; inset: 0; width: 100%; height: 100%; }"
+    ".ccm-live-bar { display: flex; gap: 1em; align-items: center; margin-top: 0.5em; }"
+    "#webcam-fallback { display: none; } body.ccm-fallback #webcam-fallback { display: flex; }"
+    "body.ccm-fallback .ccm-live-view { display: none; }"
+)
 
 
 def launch(
@@ -250,6 +271,7 @@ def launch(
 ) -> None:
     """Build the pipeline once and serve the page until interrupted."""
     resolve_port(port)  # a bad port fails before the models load
+    limit_malloc_arenas()
     pipeline = build_pipeline(options)
     demo = build_ui(pipeline, options, UiConfig(max_upload_mb=max_upload_mb))
     serve(demo, port, share, max_upload_mb, block=True)
