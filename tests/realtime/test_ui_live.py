@@ -94,7 +94,7 @@ def test_the_route_answers_each_frame_with_a_json_lines_record(app):
             ws.send_bytes(message(index, shown, scene()))
             records.append(ws.receive_json())
     assert [r["frame"] for r in records] == [5, 6, 9]
-    assert [r["pts"] for r in records] == [0.0, 0.0333, 0.2505]  # s since the first frame, as the CLI rounds
+    assert [r["pts"] for r in records] == [0.0, 0.0333, 0.2505]  # s since frame 5, rounded
     assert set(records[0]) == {"frame", "pts", "poses"}
     people = [p for r in records for p in r["poses"]]
     assert people and all(len(p["keypoints"]) == 17 and len(p["box"]) == 4 for p in people)
