@@ -150,9 +150,19 @@ def rss_mb(pid: int) -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def start_server(port: int, ui_args: list[str]) -> subprocess.Popen:
-    """`app.py ui` on `port`, returned once the page answers."""
+def start_server(port: int, ui_args: list[str], tries: int = 3) -> subprocess.Popen:
+    """`app.py ui` on `port`, returned once the page answers. Gradio gives up at start when
+    its first request to the page takes over 3 s (a loaded machine): then it starts again."""
     command = [sys.executable, str(ROOT / "app.py"), "ui", "--port", str(port), *ui_args]
+    for _ in range(tries - 1):
+        try:
+            return _start(command, port)
+        except RuntimeError as err:
+            print(f"{err}; starting again", file=sys.stderr)
+    return _start(command, port)
+
+
+def _start(command: list[str], port: int) -> subprocess.Popen:
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -177,13 +187,13 @@ def record(page, mode: str) -> None:
 
 
 def measure(browser, url: str, visitors: int, mode: str, warmup_s: float, seconds: float):
-    """One run of `visitors` pages; returns per-visitor results and the server's RSS (MB)."""
+    """One run of `visitors` pages at `url` (its query picks the mode); per-visitor results."""
     pages = []
     for _ in range(visitors):
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         context.grant_permissions(["camera"])
         page = context.new_page()
-        page.goto(url + ("?live=off" if mode == "stream" else ""))
+        page.goto(url)
         page.wait_for_selector("#live-record", timeout=60_000)
         page.wait_for_timeout(1000)
         page.evaluate(MEASURE_JS, [mode, BLOCK, BITS])
@@ -214,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visitors", type=int, nargs="+", default=[1, 2, 4, 5])
     parser.add_argument("--mode", choices=("live", "stream"), default="live")
+    parser.add_argument("--inflight", type=int, choices=(1, 2), default=2,
+                        help="live: frames a page may have unanswered")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=20.0, help="measured, per run")
     parser.add_argument("--warmup", type=float, default=8.0, help="streaming not counted")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
@@ -234,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.visitors:
             port = free_port()
             server = start_server(port, args.ui_args.split())
+            query = "?live=off" if args.mode == "stream" else f"?inflight={args.inflight}"
             try:
                 rss0 = rss_mb(server.pid)
-                runs = measure(browser, f"http://127.0.0.1:{port}/", n, args.mode,
+                runs = measure(browser, f"http://127.0.0.1:{port}/{query}", n, args.mode,
                                args.warmup, args.seconds)  # fmt: skip
                 rss1 = rss_mb(server.pid)
             finally:

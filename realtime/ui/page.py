@@ -26,6 +26,7 @@ record out), the video tab's as `/process_video`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -243,7 +244,7 @@ def serve(
         max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=True, show_error=False,
         quiet=not block, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
         footer_links=["api", "settings"], css=_CSS, head=LIVE_HEAD,
-        theme=gr.themes.Default(font=_THEME_FONTS, font_mono=_THEME_MONO),
+        theme=gr.themes.Default(font=_THEME_FONTS, font_mono=_THEME_MONO), **_NO_SELF_CHECK,
     )  # fmt: skip
     mount_live(demo.server_app, demo.pose_app)
     if share_url:
@@ -253,16 +254,22 @@ def serve(
     return url
 
 
+# Gradio asks its own page once at start and gives up ("localhost is not accessible") when that
+# takes over 3 s, as on a loaded machine; the page is served on 127.0.0.1, so the check is moot.
+_NO_SELF_CHECK = (
+    {"_frontend": False} if "_frontend" in inspect.signature(gr.Blocks.launch).parameters else {}
+)
+
 # The model list shows whole file names (they are long: arch, dataset, input size).
 _CSS = "#pose-model input, #pose-model .token, #pose-model li { text-overflow: clip; }" + (
     # The live view: the camera's video with the skeleton canvas over it; the older image
-    # stream shows only where the live connection failed (live.js sets body.ccm-fallback).
+    # stream shows only where the live connection failed (live.js marks it .ccm-shown).
     ".ccm-live-view { position: relative; width: fit-content; max-width: 100%; }"
     ".ccm-live-view video { display: block; max-width: 100%; }"
     ".ccm-live-view canvas { position: absolute; inset: 0; width: 100%; height: 100%; }"
+    ".ccm-live-view.ccm-hidden { display: none; }"
     ".ccm-live-bar { display: flex; gap: 1em; align-items: center; margin-top: 0.5em; }"
-    "#webcam-fallback { display: none; } body.ccm-fallback #webcam-fallback { display: flex; }"
-    "body.ccm-fallback .ccm-live-view { display: none; }"
+    "#webcam-fallback { display: none; } #webcam-fallback.ccm-shown { display: flex; }"
 )
 
 

@@ -3,7 +3,7 @@
 // (/live/ws) as JPEG, at most `inflight` at a time (a new camera frame is sent only when an
 // answer came back, so nothing queues); each answer is one JSON Lines record of the CLI:
 // {"frame", "pts", "poses": [{"track_id", "box", "score", "keypoints"}]} in camera pixels.
-// Where the WebSocket cannot connect, the page's older image stream (#webcam-fallback) is shown.
+// Where the WebSocket cannot connect, the page's older image stream (#webcam-fallback) shows.
 (() => {
   "use strict";
   const params = new URLSearchParams(location.search);
@@ -50,7 +50,9 @@
   function fallback(reason) {
     stop(null);
     live.mode = "fallback";
-    document.body.classList.add("ccm-fallback");
+    const row = document.querySelector("#webcam-fallback");
+    if (row) row.classList.add("ccm-shown");
+    video.parentElement.classList.add("ccm-hidden");
     button.disabled = true;
     say(`Live view unavailable (${reason}): using the slower image stream below instead.`);
   }
@@ -92,7 +94,10 @@
       if (live.mode === "connecting") fallback("the live connection was refused");
     };
     socket.onclose = (event) => {
-      if (ws === socket && live.mode === "streaming") stop(event.reason || "Connection closed.");
+      clearTimeout(timer);
+      if (ws !== socket) return;
+      if (live.mode === "connecting") fallback("the live connection closed at once");
+      else if (live.mode === "streaming") stop(event.reason || "Connection closed.");
     };
     socket.onmessage = (event) => answer(socket, JSON.parse(event.data));
     video.requestVideoFrameCallback(onVideoFrame);
