@@ -294,8 +294,8 @@ def _image_size(path: str, max_pixels: int) -> tuple[int, int]:
             f"The picture has over {over:.0f} megapixels; this page takes at most "
             f"{max_pixels / 1e6:g} megapixels"
         ) from None
-    except (OSError, ValueError):
-        return 0, 0
+    except (OSError, ValueError, SyntaxError, ImportError):  # ImportError: ultralytics patches
+        return 0, 0  # Image.open to try an optional HEIF plugin on files Pillow cannot read
 
 
 def _video_size(path: Path) -> tuple[int, int]:

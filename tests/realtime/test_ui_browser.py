@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from ui_server import free_port, tiny_options
+from ui_server import camera_args, free_port, tiny_options
 
 from realtime.stream.assemble import build_pipeline
 from realtime.ui.page import UiConfig, build_ui, serve
@@ -81,13 +81,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     camera = write_y4m(SAMPLE, tmp_path_factory.mktemp("camera") / "walk.y4m")
-    args = [
-        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera}",
-        "--disable-background-networking", "--disable-component-update",
-    ]  # fmt: skip
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=camera_args(camera))
         yield browser
         browser.close()
 

@@ -165,6 +165,10 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(app, tmp_path):
     assert missing.value.print_exception is False
     with pytest.raises(gr.Error, match="1280x720 pixels"):
         app.webcam_frame(np.zeros((720, 1280, 3), np.uint8), None)
+    notes = tmp_path / "notes.png"  # no image at all: the header check lets the decoder say so
+    notes.write_text("not an image\n")
+    with pytest.raises(gr.Error, match="not an image this page can read"):
+        app.predict_image(str(notes))
 
 
 def test_a_held_place_is_kept_however_quiet_until_it_is_ended():

@@ -13,7 +13,7 @@ import shutil
 import time
 
 import pytest
-from ui_server import free_port, tiny_options
+from ui_server import camera_args, free_port, tiny_options
 
 from realtime.bench.browser import write_numbered_clip
 from realtime.stream.assemble import build_pipeline
@@ -47,13 +47,8 @@ def server(tmp_path_factory):
 def browser(tmp_path_factory):
     camera = tmp_path_factory.mktemp("camera") / "numbered.y4m"
     write_numbered_clip(camera, size=CAMERA_SIZE, fps=15, frames=30)
-    args = [
-        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera}",
-        "--disable-background-networking", "--disable-component-update",
-    ]  # fmt: skip
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=camera_args(camera))
         yield browser
         browser.close()
 
