@@ -5,7 +5,9 @@
 `launch(options, ...)` builds the pipeline once and serves `build_ui(pipeline, options)`. The page
 has three tabs ("Webcam", "Video", "Image") and one settings panel above them. This module lays
 the page out; `ui_sessions` holds the handlers, `ui_settings` the settings, `ui_media` the
-inputs and outputs, `serving` the engine cache and the one thread that runs the models.
+inputs and outputs, `serving` the engine cache and the one thread that runs the models, and
+`live` the webcam tab's live view (the camera plays in the page, poses come back over a
+WebSocket; the image stream below it shows only where that cannot connect).
 
 Shared between visitors: only the loaded models, the person detector and the pose engines in an
 `EngineCache` (one per distinct checkpoint, precision, flip test and decoder, the least recently
