@@ -47,3 +47,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def camera_args(camera: Path) -> list[str]:
+    """Chromium flags: headless-safe, no network of its own, `camera` (.y4m) as the webcam."""
+    return [
+        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera}",
+        "--disable-background-networking", "--disable-component-update",
+    ]  # fmt: skip

@@ -13,7 +13,8 @@ together, one `PosePipeline.process` call per engine (one batch when the session
 then runs one queued job (`call(fn)`: an image, a chunk of an uploaded video, loading an
 engine). Every live session's frame is in every round, so the sessions are served in turn and
 see the same frame rate; beyond `max_streams` live streams a new one is refused with
-`ServerBusy`.
+`ServerBusy`. A stream opened with `open_stream` (a live connection) keeps its place until
+`end_stream`, however long it sends nothing; others lose it after `live_s` without a frame.
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ class ServingWorker:
         self._frames: dict[int, _FrameRequest] = {}
         self._jobs: deque[_Request] = deque()
         self._live: dict[int, float] = {}  # stream id -> when it last sent a frame
+        self._held: set[int] = set()  # streams opened with `open_stream`: never forgotten
         self._closed = False
         # The first job: engines built elsewhere capture their CUDA graphs on this thread now,
         # not bucket by bucket in the middle of the first streams.
@@ -188,14 +190,7 @@ class ServingWorker:
         with self._cond:
             self._check_open()
             now = time.monotonic()
-            self._forget_quiet(now)
-            if stream not in self._live and len(self._live) >= self.max_streams:
-                webcams = f"{self.max_streams} webcam{'s' if self.max_streams > 1 else ''}"
-                raise ServerBusy(
-                    f"the server is already showing {webcams}, its most; press Record again "
-                    "when one of them stops"
-                )
-            self._live[stream] = now
+            self._take_place(stream, now)
             stale = self._frames.pop(stream, None)
             if stale is not None:
                 stale.dropped = True
@@ -205,10 +200,28 @@ class ServingWorker:
             self._cond.notify()
         return request.wait(timeout)
 
+    def open_stream(self, stream: int) -> None:
+        """Take a place for `stream` until `end_stream`; raises ServerBusy when all are held."""
+        with self._cond:
+            self._check_open()
+            self._take_place(stream, time.monotonic())
+            self._held.add(stream)
+
     def end_stream(self, stream: int) -> None:
-        """Give a stream's place back at once (its session ended)."""
+        """Give a stream's place back at once (its session ended, its connection closed)."""
         with self._cond:
             self._live.pop(stream, None)
+            self._held.discard(stream)
+
+    def _take_place(self, stream: int, now: float) -> None:
+        self._forget_quiet(now)
+        if stream not in self._live and len(self._live) >= self.max_streams:
+            webcams = f"{self.max_streams} webcam{'s' if self.max_streams > 1 else ''}"
+            raise ServerBusy(
+                f"the server is already showing {webcams}, its most; press Record again "
+                "when one of them stops"
+            )
+        self._live[stream] = now
 
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """Run `fn()` on the worker thread, in turn with the streams; returns what it returns."""
@@ -232,7 +245,7 @@ class ServingWorker:
 
     def _forget_quiet(self, now: float) -> None:
         for stream, last in list(self._live.items()):
-            if now - last > self.live_s and stream not in self._frames:
+            if now - last > self.live_s and stream not in self._frames and stream not in self._held:
                 del self._live[stream]
 
     def _run(self) -> None:

@@ -6,11 +6,15 @@
   for the webcam stream's many frames.
 - `FileSweeper`: deletes what is older than an age under a folder, on a timer.
 - `plain_reason`: an error's text for a person: no server paths, no errno numbers.
+- `check_pixels`: the pixel limit every image, video and webcam frame input is held to.
+- `limit_malloc_arenas`: keeps the server's memory flat as visitors come and go.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import io
 import logging
 import re
@@ -146,3 +150,39 @@ def plain_reason(err: BaseException | str) -> str:
     text = _ERRNO.sub("", text)
     text = _PATH.sub(lambda m: Path(m.group(0).rstrip("/\\")).name or "a file", text)
     return text
+
+
+class TooManyPixels(ValueError):
+    """An image or frame over the page's pixel limit; its text says both sizes."""
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Raise TooManyPixels if a width x height picture is over `max_pixels`."""
+    if width * height > max_pixels:
+        raise TooManyPixels(
+            f"The picture is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels); "
+            f"this page takes at most {max_pixels / 1e6:g} megapixels"
+        )
+
+
+_M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does); True if it took effect.
+
+    Every thread that handles a visitor would otherwise get an arena of its own that is not
+    given back when the visitor leaves, so the server's memory grows with each new visitor.
+    Only arenas made after the call are affected: call it before serving. Elsewhere than glibc
+    it does nothing."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        mallopt = None
+    if mallopt is None:
+        return False
+    done = bool(mallopt(_M_ARENA_MAX, arenas))
+    logger.debug("malloc arenas limited to %d: %s", arenas, done)
+    return done

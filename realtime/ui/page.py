@@ -5,7 +5,9 @@
 `launch(options, ...)` builds the pipeline once and serves `build_ui(pipeline, options)`. The page
 has three tabs ("Webcam", "Video", "Image") and one settings panel above them. This module lays
 the page out; `ui_sessions` holds the handlers, `ui_settings` the settings, `ui_media` the
-inputs and outputs, `serving` the engine cache and the one thread that runs the models.
+inputs and outputs, `serving` the engine cache and the one thread that runs the models, and
+`live` the webcam tab's live view (the camera plays in the page, poses come back over a
+WebSocket; the image stream below it shows only where that cannot connect).
 
 Shared between visitors: only the loaded models, the person detector and the pose engines in an
 `EngineCache` (one per distinct checkpoint, precision, flip test and decoder, the least recently
@@ -26,6 +28,7 @@ record out), the video tab's as `/process_video`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -49,8 +52,11 @@ from realtime.stream.assemble import (  # noqa: E402
 from realtime.stream.pipeline import PosePipeline  # noqa: E402
 from realtime.stream.serving import EngineCache  # noqa: E402
 from realtime.temporal.fusion import TemporalConfig  # noqa: E402
+from realtime.ui.live import HEAD as LIVE_HEAD  # noqa: E402
+from realtime.ui.live import mount_live  # noqa: E402
 from realtime.ui.media import (  # noqa: E402
     FileSweeper,
+    limit_malloc_arenas,
     local_image,
     local_video,
     memory_image,
@@ -143,7 +149,9 @@ def build_ui(
                                               label="Smoothing across frames")  # fmt: skip
             gr.Markdown(_HELP_SETTINGS)
         controls = [pose, det_every, flip, decoder, temporal_choice]
-        demo.load(app.restore, saved, [session, loaded, *controls], api_visibility="private")
+        restored = demo.load(
+            app.restore, saved, [session, loaded, *controls], api_visibility="private"
+        )
         # `change` fires however the value changed (typing, arrow keys, a drag, a click).
         gr.on(
             [c.change for c in controls], app.apply_settings, [*controls, session],
@@ -154,11 +162,15 @@ def build_ui(
         with gr.Tabs():
             with gr.Tab(TAB_TITLES[0]):
                 gr.Markdown(
-                    "Allow the browser to use your camera and press record. The right side shows "
-                    "the skeletons, track ids, frames per second and the delay of each frame. "
+                    "Press Record and allow the browser to use your camera. Your camera plays "
+                    "here at its own rate, with the skeletons, track ids, pose updates per second "
+                    "and the delay from the camera to the skeletons drawn over it. "
                     f"Up to {config.max_streams} people can stream at once."
                 )
-                with gr.Row():
+                gr.HTML("", elem_id="live-view")  # filled by live.js
+                token = gr.HTML("", elem_id="live-session", padding=False)
+                restored.then(app.live_token, session, token, api_visibility="private")
+                with gr.Row(elem_id="webcam-fallback"):
                     camera = local_image(sources=["webcam"], streaming=True, type="numpy",
                                          label="Camera", elem_id="camera")  # fmt: skip
                     live = memory_image(show_label=False, interactive=False, elem_id="poses")
@@ -235,18 +247,36 @@ def serve(
     """
     _, url, share_url = demo.launch(
         server_name=HOST, server_port=resolve_port(port), share=share,
-        max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, show_error=False,
+        max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=True, show_error=False,
         quiet=not block, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-        footer_links=["api", "settings"], css=_CSS,
-        theme=gr.themes.Default(font=_THEME_FONTS, font_mono=_THEME_MONO),
+        footer_links=["api", "settings"], css=_CSS, head=LIVE_HEAD,
+        theme=gr.themes.Default(font=_THEME_FONTS, font_mono=_THEME_MONO), **_NO_SELF_CHECK,
     )  # fmt: skip
+    mount_live(demo.server_app, demo.pose_app)
     if share_url:
         logger.info("public share link: %s", share_url)
+    if block:
+        demo.block_thread()
     return url
 
 
+# Gradio asks its own page once at start and gives up ("localhost is not accessible") when that
+# takes over 3 s, as on a loaded machine; the page is served on 127.0.0.1, so the check is moot.
+_NO_SELF_CHECK = (
+    {"_frontend": False} if "_frontend" in inspect.signature(gr.Blocks.launch).parameters else {}
+)
+
 # The model list shows whole file names (they are long: arch, dataset, input size).
-_CSS = "#pose-model input, #pose-model .token, #pose-model li { text-overflow: clip; }"
+_CSS = "#pose-model input, #pose-model .token, #pose-model li { text-overflow: clip; }" + (
+    # The live view: the camera's video with the skeleton canvas over it; the older image
+    # stream shows only where the live connection failed (live.js marks it .ccm-shown).
+    ".ccm-live-view { position: relative; width: fit-content; max-width: 100%; }"
+    ".ccm-live-view video { display: block; max-width: 100%; }"
+    ".ccm-live-view canvas { position: absolute; inset: 0; width: 100%; height: 100%; }"
+    ".ccm-live-view.ccm-hidden { display: none; }"
+    ".ccm-live-bar { display: flex; gap: 1em; align-items: center; margin-top: 0.5em; }"
+    "#webcam-fallback { display: none; } #webcam-fallback.ccm-shown { display: flex; }"
+)
 
 
 def launch(
@@ -254,6 +284,7 @@ def launch(
 ) -> None:
     """Build the pipeline once and serve the page until interrupted."""
     resolve_port(port)  # a bad port fails before the models load
+    limit_malloc_arenas()
     pipeline = build_pipeline(options)
     demo = build_ui(pipeline, options, UiConfig(max_upload_mb=max_upload_mb))
     serve(demo, port, share, max_upload_mb, block=True)

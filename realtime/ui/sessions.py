@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import logging
+import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
+from PIL import Image
 
 from realtime.offline import configure_offline
 
@@ -31,7 +36,7 @@ from realtime.render import render_frame  # noqa: E402
 from realtime.stream.serving import EngineCache, ServedStream, ServerBusy, ServingWorker  # noqa: E402
 from realtime.stream.state import StreamState  # noqa: E402
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion  # noqa: E402
-from realtime.ui.media import plain_reason  # noqa: E402
+from realtime.ui.media import TooManyPixels, check_pixels, plain_reason  # noqa: E402
 from realtime.ui.settings import Controls, UiConfig, describe, pose_choices  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -41,10 +46,13 @@ _NOT_AN_IMAGE = "That file is not an image this page can read (PNG, JPEG, WebP, 
 
 @dataclass
 class Session:
-    """One browser session: its settings, and its webcam stream's state, clock and FPS."""
+    """One browser session: its settings, and its webcam stream's state, clock and FPS.
+
+    `token` names the session to the page's live WebSocket (`realtime.ui.live`)."""
 
     id: int
     controls: Controls
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     stream: StreamState | None = None
     stream_from: tuple | None = None  # what `stream` was built from
     started: float = 0.0
@@ -75,19 +83,36 @@ class PoseApp:
         self.choices = pose_choices(config.weights_dir, defaults.pose)
         self.render = functools.partial(render_frame, config=config.render)
         self._ids = iter(range(1, 1 << 62))
+        self._sessions: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
 
     def new_session(self, controls: Controls | None = None) -> Session:
-        return Session(next(self._ids), controls or self.defaults)
+        session = Session(next(self._ids), controls or self.defaults)
+        self._sessions[session.token] = session
+        return session
+
+    def new_stream_id(self) -> int:
+        """An id for a stream of its own (a live connection), distinct from every session's."""
+        return next(self._ids)
+
+    def find_session(self, token: str) -> Session:
+        """The session whose page holds `token`; a new one with the defaults if none does."""
+        session = self._sessions.get(token)
+        return session if session is not None else self.new_session()
+
+    def live_token(self, session: Session | None) -> str:
+        """HTML that hands the page's script this session's token (`#live-session`)."""
+        session = session if isinstance(session, Session) else self.new_session()
+        return f'<span data-session="{html.escape(session.token)}"></span>'
 
     def end_session(self, session: Session | None) -> None:
         """Gradio calls this when a session's state is deleted (its tab closed)."""
         if isinstance(session, Session):
             self.worker.end_stream(session.id)
 
-    def _key(self, c: Controls):
+    def engine_key(self, c: Controls):
         return self.engines.key(c.pose, c.flip_test, c.decoder)
 
-    def _stream_state(self, c: Controls, track: bool = True) -> StreamState:
+    def stream_state(self, c: Controls, track: bool = True) -> StreamState:
         method = c.temporal if track else "none"
         temporal = None
         if method != "none":
@@ -117,7 +142,7 @@ class PoseApp:
         wanted = Controls.from_saved(saved, session.controls, [v for _, v in self.choices])
         if wanted.pose != session.controls.pose:
             try:
-                self.worker.call(lambda: self.engines.get(self._key(wanted)), timeout=600)
+                self.worker.call(lambda: self.engines.get(self.engine_key(wanted)), timeout=600)
             except (ValueError, OSError, RuntimeError, TimeoutError) as err:
                 logger.warning("pose model %s refused: %s", wanted.pose, err)
                 gr.Warning(f"Pose model not loaded: {plain_reason(err)}")
@@ -132,26 +157,37 @@ class PoseApp:
         if image is None:
             return None, session
         session = session if isinstance(session, Session) else self.new_session()
+        try:
+            check_pixels(image.shape[1], image.shape[0], self.config.max_pixels)
+        except TooManyPixels as err:
+            logger.info("webcam frame refused: %s", err)
+            raise gr.Error(f"{err}.", print_exception=False) from None
         now = time.monotonic()
         c = session.controls
-        built_from = (self._key(c), c.det_every, c.temporal)
+        built_from = (self.engine_key(c), c.det_every, c.temporal)
         if (
             session.stream is None
             or session.stream_from != built_from
             or now - session.last > self.config.new_stream_gap_s
         ):
-            session.stream, session.stream_from = self._stream_state(c), built_from
+            session.stream, session.stream_from = self.stream_state(c), built_from
             session.started, session.frames, session.interval_s = now, 0, None
         frame = Frame(session.frames, now - session.started, _rgb(image), now)
         try:
             result = self.worker.frame(session.id, built_from[0], session.stream, frame)
         except ServerBusy as err:
-            raise gr.Error(f"Sorry, {err}.") from None
+            logger.info("webcam refused: %s", err)
+            raise gr.Error(f"Sorry, {err}.", print_exception=False) from None
         except TimeoutError:
-            raise gr.Error("The server is too busy to answer; try again in a moment.") from None
+            logger.info("webcam frame timed out")
+            raise gr.Error(
+                "The server is too busy to answer; try again in a moment.", print_exception=False
+            ) from None
         except (ValueError, OSError, RuntimeError) as err:
             logger.warning("webcam frame failed: %s", err)
-            raise gr.Error(f"This frame could not be processed: {plain_reason(err)}") from None
+            raise gr.Error(
+                f"This frame could not be processed: {plain_reason(err)}", print_exception=False
+            ) from None
         if result is None:  # a newer frame of this session took its place
             return gr.skip(), session
         done = time.monotonic()
@@ -174,16 +210,24 @@ class PoseApp:
     ) -> tuple[str, str, str]:
         """An uploaded video file -> (rendered mp4 path, JSON Lines path, a one-line summary)."""
         if not video:
-            raise gr.Error("Upload a video file first.")
+            logger.info("video: no file sent")
+            raise gr.Error("Upload a video file first.", print_exception=False)
         c = session.controls if isinstance(session, Session) else self.defaults
         source = Path(video)
+        try:
+            check_pixels(*_video_size(source), self.config.max_pixels)
+        except TooManyPixels as err:
+            logger.info("video refused: %s", err)
+            raise gr.Error(f"{err}.", print_exception=False) from None
+        except (ValueError, OSError, IndexError, av.error.FFmpegError):
+            pass  # process_video says what is wrong with the file
         out_dir = Path(tempfile.mkdtemp(dir=self.jobs_dir))
 
         def report_progress(done: int, total: int | None) -> None:
             progress((done, total), desc="Estimating poses", unit="frames")
 
         progress(0.0, desc="Opening the video")
-        served = ServedStream(self.worker, self._key(c), self._stream_state(c))
+        served = ServedStream(self.worker, self.engine_key(c), self.stream_state(c))
         report = process_video(source, out_dir, served, self.render, report_progress)
         if report.error is not None:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -205,16 +249,24 @@ class PoseApp:
         `track_id` is -1.
         """
         if image is None:
-            raise gr.Error("Upload an image first.")
-        if isinstance(image, np.ndarray):
-            pixels = _rgb(image)
-        else:
-            try:
+            logger.info("image: no file sent")
+            raise gr.Error("Upload an image first.", print_exception=False)
+        try:
+            if isinstance(image, np.ndarray):
+                check_pixels(image.shape[1], image.shape[0], self.config.max_pixels)
+                pixels = _rgb(image)
+            else:
+                check_pixels(*_image_size(image, self.config.max_pixels), self.config.max_pixels)
                 pixels = read_image(image)
-            except (ValueError, OSError):
-                raise gr.Error(_NOT_AN_IMAGE, print_exception=False) from None
+        except TooManyPixels as err:
+            logger.info("image refused: %s", err)
+            raise gr.Error(f"{err}.", print_exception=False) from None
+        except (ValueError, OSError):
+            logger.info("image refused: not an image this page reads")
+            raise gr.Error(_NOT_AN_IMAGE, print_exception=False) from None
         c = session.controls if isinstance(session, Session) else self.defaults
-        frame, key, state = Frame(0, 0.0, pixels, time.monotonic()), self._key(c), StreamState()
+        frame, key = Frame(0, 0.0, pixels, time.monotonic()), self.engine_key(c)
+        state = StreamState()
         try:
             result = self.worker.call(
                 lambda: self.engines.get(key).process([frame], [state])[0], timeout=600
@@ -227,6 +279,30 @@ class PoseApp:
 
     def close(self) -> None:
         self.worker.close()
+
+
+def _image_size(path: str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from an image file's header, without decoding its pixels; (0, 0)
+    where Pillow cannot read the header (`read_image` then decides); TooManyPixels for one
+    over Pillow's own limit (far over `max_pixels`)."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Image.DecompressionBombError:  # over Pillow's own limit, far over ours
+        over = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise TooManyPixels(
+            f"The picture has over {over:.0f} megapixels; this page takes at most "
+            f"{max_pixels / 1e6:g} megapixels"
+        ) from None
+    except (OSError, ValueError, SyntaxError, ImportError):  # ImportError: ultralytics patches
+        return 0, 0  # Image.open to try an optional HEIF plugin on files Pillow cannot read
+
+
+def _video_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a video file's first video stream, from its header."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.width, stream.codec_context.height
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ class UiConfig:
         new_stream_gap_s: a webcam pause longer than this starts a fresh track history.
         fps_smoothing: weight of the newest frame interval in the shown FPS (an EMA).
         max_upload_mb: largest file accepted.
+        max_pixels: largest image, video frame or webcam frame accepted (width x height).
         max_streams: webcams served at once; one more is told the page is full.
         batch_wait_s: how long the models wait for the other webcams' frames to batch them.
         engines: pose engines kept loaded (distinct model / flip test / decoder settings).
@@ -40,6 +41,7 @@ class UiConfig:
     new_stream_gap_s: float = 2.0
     fps_smoothing: float = 0.2
     max_upload_mb: int = 500
+    max_pixels: int = 40_000_000
     max_streams: int = 4
     batch_wait_s: float = 0.02
     engines: int = 3
@@ -58,11 +60,11 @@ class UiConfig:
         if not 0 < self.fps_smoothing <= 1:
             raise ValueError(f"fps_smoothing must be in (0, 1], got {self.fps_smoothing}")
         counts = (self.max_upload_mb, self.queue_size, self.max_streams, self.engines,
-                  self.keep_files_s, self.sweep_every_s)  # fmt: skip
+                  self.keep_files_s, self.sweep_every_s, self.max_pixels)  # fmt: skip
         if min(counts) < 1:
             raise ValueError(
-                "max_upload_mb, queue_size, max_streams, engines, keep_files_s and "
-                f"sweep_every_s must be >= 1, got {counts}"
+                "max_upload_mb, queue_size, max_streams, engines, keep_files_s, "
+                f"sweep_every_s and max_pixels must be >= 1, got {counts}"
             )
 
 

@@ -23,7 +23,7 @@ import pytest
 
 # gradio is optional (the `ui` extra); without it this module is skipped, not an error.
 pytest.importorskip("gradio")
-from ui_server import free_port, tiny_options
+from ui_server import camera_args, free_port, tiny_options
 
 from realtime.stream.assemble import build_pipeline
 from realtime.ui.page import UiConfig, build_ui, serve
@@ -84,23 +84,19 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     camera = write_y4m(SAMPLE, tmp_path_factory.mktemp("camera") / "walk.y4m")
-    args = [
-        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera}",
-        "--disable-background-networking", "--disable-component-update",
-    ]  # fmt: skip
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=camera_args(camera))
         yield browser
         browser.close()
 
 
-def visitor(browser, url: str):
-    """A new visitor (browser context) with the page loaded and the settings restored."""
+def visitor(browser, url: str, query: str = ""):
+    """A new visitor (browser context) with the page loaded and the settings restored;
+    `query` "?live=off" shows the image stream (the live view's fallback) instead."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.grant_permissions(["camera"])
     page = context.new_page()
-    page.goto(url)
+    page.goto(url + query)
     page.wait_for_selector("#loaded-models", timeout=60_000)
     page.wait_for_timeout(1000)  # the load event restores this browser's settings
     return page
@@ -139,7 +135,7 @@ def stop_webcam(page) -> None:
 def test_two_visitors_stream_at_once_at_comparable_rates(server, browser):
     url, demo, gradio_tmp = server
     stats = demo.pose_app.worker.stats
-    first, second = visitor(browser, url), visitor(browser, url)
+    first, second = visitor(browser, url, "?live=off"), visitor(browser, url, "?live=off")
     start_webcam(first)
     start_webcam(second)
     before = (stats.frames, stats.rounds)
@@ -220,7 +216,7 @@ def test_model_names_are_whole_and_nothing_covers_the_overlay(server, browser):
 def test_memory_stays_flat_while_streaming(server, browser):
     url, demo, gradio_tmp = server
     seconds = float(os.environ["CCM_UI_SOAK_S"])
-    pages = [visitor(browser, url), visitor(browser, url)]
+    pages = [visitor(browser, url, "?live=off"), visitor(browser, url, "?live=off")]
     for page in pages:
         start_webcam(page)
     samples, start = [], time.monotonic()
