@@ -31,13 +31,8 @@ if __name__ == "__main__":  # Ctrl-C / SIGTERM while torch loads: one line, not 
 
     signal.signal(signal.SIGINT, _starting), signal.signal(signal.SIGTERM, _starting)
 
-from realtime.offline import configure_offline  # noqa: E402
-
-configure_offline()  # before ultralytics or gradio is imported
-
-from ccm.nms import NMS_METHODS  # noqa: E402
-from ccm.refine import DECODE_METHODS  # noqa: E402
 from realtime.batch.live_cli import add_live_arguments  # noqa: E402
+from realtime.batch.ray_pool import add_ray_arguments, ray_options  # noqa: E402
 from realtime.batch.report import describe  # noqa: E402
 from realtime.batch.usage import (  # noqa: E402
     Interrupted,
@@ -48,210 +43,19 @@ from realtime.batch.usage import (  # noqa: E402
     number,
 )
 from realtime.bench.config import parse_buckets  # noqa: E402
-from realtime.detect.detector import DetectorConfig  # noqa: E402
-from realtime.device import resolve_device  # noqa: E402
-from realtime.pose.estimator import BACKENDS, PRECISIONS, EngineConfig  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
-from realtime.stream.assemble import PipelineSpec  # noqa: E402
-from realtime.stream.pipeline import FILE_DET_EVERY, PipelineConfig  # noqa: E402
-from realtime.temporal.fusion import METHODS as TEMPORAL_METHODS  # noqa: E402
-from realtime.temporal.fusion import TemporalConfig  # noqa: E402
+from realtime.stream.flags import (  # noqa: E402
+    COUNT,
+    VERBOSE_HELP,
+    add_pipeline_arguments,
+    pipeline_options,
+)
 from realtime.weights.cli import add_weights_commands  # noqa: E402
 
 if TYPE_CHECKING:
-    from realtime.batch.ray_pool import RayOptions
+    pass
 
 logger = logging.getLogger("ccm-pose")
-
-
-FRACTION, COUNT = number(float, 0, 1), number(int, 1)  # flag types: checked at parse time
-VERBOSE_HELP = "log debug messages, and show the traceback of any error (default: off)"
-
-
-def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = True) -> None:
-    # Also after the command (`app.py video x.mp4 -v`); SUPPRESS keeps the top-level value.
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
-    )
-    models = parser.add_argument_group("models")
-    models.add_argument(
-        "--pose",
-        type=Path,
-        help="pose checkpoint (.safetensors); default: the best verified one in weights/",
-    )
-    models.add_argument(
-        "--detector",
-        type=Path,
-        help="YOLO detection weights (.pt, or a model .yaml); default: a verified one in weights/",
-    )
-    models.add_argument("--trust", action="store_true", help="load --detector / --reference-weights"
-                        " files with no manifest hash: a .pt is unpickled, which runs any code "
-                        "in it (default: off; known files and .yaml only)")  # fmt: skip
-    models.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)"
-    )
-    models.add_argument(
-        "--backend", choices=BACKENDS, default="eager", help="how the pose network runs"
-    )
-    models.add_argument(
-        "--half", action="store_true", help="fp16 on CUDA for the pose network and detector"
-    )
-    models.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="arithmetic of both networks: auto = bf16 on a CPU with AMX / AVX512-BF16, fp16 on "
-        "CUDA with --half, else fp32",
-    )
-    models.add_argument(
-        "--batch-size",
-        type=COUNT,
-        default=4,
-        help="frames of a file that go through the detector and the pose network together",
-    )
-    refine = parser.add_argument_group("refinement (paper Sec. 5)")
-    refine.add_argument("--no-flip", action="store_true", help="turn the flip test off (faster)")
-    refine.add_argument(
-        "--decoder", choices=DECODE_METHODS, default="parabola", help="sub-pixel decoder (SOA)"
-    )
-    refine.add_argument(
-        "--blur",
-        type=number(int, 0, odd_or_zero=True),
-        default=11,
-        help="Gaussian filter size on heatmaps (GF); 0 = off",
-    )
-    refine.add_argument(
-        "--ssp-alpha",
-        type=number(),
-        help="sub-pixel shift of flipped heatmaps; default: the model's",
-    )
-    refine.add_argument(
-        "--nms", choices=NMS_METHODS, default="softnms", help="merging of duplicate detections"
-    )
-    refine.add_argument(
-        "--nms-threshold",
-        type=FRACTION,
-        default=0.9,
-        help="OKS above which two poses count as one person (lower merges more)",
-    )
-    detect = parser.add_argument_group("detection")
-    detect.add_argument(
-        "--det-every",
-        type=COUNT,
-        default=None,
-        help="run the detector every N frames: a file's frames in between take boxes "
-        "interpolated from the detections on either side, a camera's boxes predicted from its "
-        f"tracks (default: every {FILE_DET_EVERY} frames for a file, every frame for a camera)",
-    )
-    detect.add_argument(
-        "--det-conf", type=FRACTION, default=0.3, help="detector confidence threshold"
-    )
-    detect.add_argument("--det-iou", type=FRACTION, default=0.6, help="detector NMS IoU threshold")
-    detect.add_argument("--det-max", type=COUNT, default=100, help="most people per frame")
-    detect.add_argument(
-        "--min-score",
-        type=FRACTION,
-        default=0.05,
-        help="drop people scored below this (detector score x mean confident keypoint score)",
-    )
-    detect.add_argument(
-        "--det-size",
-        type=number(int, 32, multiple_of=32),
-        help="detector input size (multiple of 32); default: the size its weights were trained "
-        "at (640 for the COCO YOLO models)",
-    )
-    if not temporal:
-        parser.set_defaults(temporal="none")
-        return
-    track = parser.add_argument_group("tracking")
-    track.add_argument(
-        "--temporal",
-        choices=TEMPORAL_METHODS,
-        default="kalman",
-        help="temporal fusion across frames",
-    )
-
-
-def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
-    ray = parser.add_argument_group('scale-out on Ray (pip install -e ".[ray]")')
-    ray.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        type=ray_address,
-        help="run the batch as a Ray job, one worker per GPU taking inputs from a shared queue: "
-        "without ADDRESS on the Ray instance of this machine ($RAY_ADDRESS, or one `ray start` "
-        "began), else on one started for the command; `auto` on the cluster this machine "
-        "belongs to; ray://HOST:10001 on a remote cluster; the folders must be at the same "
-        "paths everywhere (default: off)",
-    )
-    ray.add_argument(
-        "--ray-cpus",
-        type=int,
-        default=4,
-        metavar="N",
-        help="CPU cores per Ray worker where the cluster has no GPU",
-    )
-
-
-def ray_address(value: str) -> str:
-    """`--ray` ADDRESS, or an error for a value that is an input put after a bare `--ray`."""
-    if value in ("local", "auto") or ":" in value:
-        return value
-    raise argparse.ArgumentTypeError(
-        f"{value!r} is not a Ray address (auto, ray://HOST:10001, HOST:6379); "
-        "put a bare --ray after the inputs"
-    )
-
-
-def ray_options(args: argparse.Namespace) -> RayOptions | None:
-    from realtime.batch.ray_pool import RayOptions
-
-    if args.ray is None:
-        return None
-    if args.ray_cpus < 1:
-        raise UsageError(f"--ray-cpus {args.ray_cpus}: give at least 1")
-    return RayOptions(None if args.ray == "local" else args.ray, args.ray_cpus)
-
-
-def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
-    """The flags as a `PipelineSpec`; the engine config gets the resolved device, so `--half`
-    and `--backend tensorrt` are checked against it (`--half` is dropped on the CPU), the spec
-    keeps `--device` as given (torchrun ranks pick their own GPU from "auto")."""
-    device = str(resolve_device(args.device))
-    return PipelineSpec(
-        pose=args.pose,
-        detector=args.detector,
-        device=args.device,
-        engine=EngineConfig(
-            backend=args.backend,
-            device=device,
-            half=args.half and device != "cpu",
-            precision=args.precision,
-            flip_test=not args.no_flip,
-            flip_alpha=args.ssp_alpha,
-            decoder=args.decoder,
-            blur_kernel=args.blur,
-        ),  # fmt: skip
-        detection=DetectorConfig(
-            conf=args.det_conf,
-            iou=args.det_iou,
-            imgsz=args.det_size,
-            max_det=args.det_max,
-            half=args.half or args.precision == "fp16",
-            precision="auto" if args.precision == "fp16" else args.precision,
-            trust=args.trust,
-        ),
-        pipeline=PipelineConfig(
-            det_every=args.det_every,
-            nms=args.nms,
-            nms_threshold=args.nms_threshold,
-            min_pose_score=args.min_score,
-            batch_size=args.batch_size,
-        ),
-        temporal=TemporalConfig(method=args.temporal),
-    )
 
 
 def run_video(args: argparse.Namespace) -> int:

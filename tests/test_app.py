@@ -190,7 +190,7 @@ def test_every_pipeline_flag_reaches_its_config():
 
 
 def test_half_and_tensorrt_flags_build_a_cuda_engine_config():
-    # EngineConfig checks fp16 and tensorrt against its own device: the flags must set it.
+    # PoseStageConfig checks fp16 and tensorrt against its own device: the flags must set it.
     app = _load_app()
     for command in ("video", "ui", "bench"):
         for backend in ("eager", "compile", "tensorrt"):

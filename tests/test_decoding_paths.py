@@ -12,7 +12,8 @@ from torch import nn
 
 from ccm.checkpoint import PoseConfig
 from ccm.codec import encode_heatmaps
-from realtime.pose.estimator import EngineConfig, PoseEstimator
+from realtime.pose.config import PoseStageConfig
+from realtime.pose.estimator import PoseEstimator
 from train.annotations import Instance
 from train.evaluate import EvalConfig, decode_poses, eval_loader, iter_heatmaps
 from train.pseudo_label import pseudo_label
@@ -48,7 +49,9 @@ def test_one_codec_gives_identical_keypoints_in_evaluation_pseudo_labels_and_rea
     instances = [Instance(image, 1, box, np.zeros((17, 3))) for box in BOXES]
 
     # Realtime: the pose stage on a frame with those boxes.
-    config = EngineConfig(decoder="dark", blur_kernel=5, precision="fp32")  # the maps as they are
+    config = PoseStageConfig(
+        decoder="dark", blur_kernel=5, precision="fp32"
+    )  # the maps as they are
     estimator = PoseEstimator(FixedMaps(maps), POSE, config)
     realtime = estimator(torch.zeros(1, 3, 240, 320), torch.tensor(BOXES)).double()
 

@@ -39,7 +39,7 @@ from realtime.io.live import LiveOptions, LiveSource, is_live_spec
 from realtime.io.segments import LiveSegment
 from realtime.render import render_frame
 from realtime.stream.assemble import PipelineSpec
-from realtime.stream.serving import EngineCache, EngineKey, ServingWorker
+from realtime.stream.serving import EngineKey, PipelineCache, ServingWorker
 from realtime.stream.state import StreamState
 from realtime.temporal.fusion import TemporalFusion
 
@@ -229,7 +229,7 @@ def run_live(specs: Sequence[str], out: Path, options: PipelineSpec, run: LiveRu
         i = source.info
         logger.info("%s: %dx%d at %.4g fps", source.spec, i.width, i.height, i.fps)
     # The path only names the loaded engine (the cache's base, the one every source uses).
-    cache = EngineCache(pipeline, options.pose or Path("default-pose-checkpoint"))
+    cache = PipelineCache(pipeline, options.pose or Path("default-pose-checkpoint"))
     worker = ServingWorker(cache, max_streams=len(sources))
     streams = []
     for number, source in enumerate(sources):

@@ -16,6 +16,7 @@ only here and only when a pool is used, so nothing else needs it installed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import logging
@@ -314,3 +315,47 @@ class WorkerPool:
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    ray = parser.add_argument_group('scale-out on Ray (pip install -e ".[ray]")')
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        type=ray_address,
+        help="run the batch as a Ray job, one worker per GPU taking inputs from a shared queue: "
+        "without ADDRESS on the Ray instance of this machine ($RAY_ADDRESS, or one `ray start` "
+        "began), else on one started for the command; `auto` on the cluster this machine "
+        "belongs to; ray://HOST:10001 on a remote cluster; the folders must be at the same "
+        "paths everywhere (default: off)",
+    )
+    ray.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=4,
+        metavar="N",
+        help="CPU cores per Ray worker where the cluster has no GPU",
+    )
+
+
+def ray_address(value: str) -> str:
+    """`--ray` ADDRESS, or an error for a value that is an input put after a bare `--ray`."""
+    if value in ("local", "auto") or ":" in value:
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a Ray address (auto, ray://HOST:10001, HOST:6379); "
+        "put a bare --ray after the inputs"
+    )
+
+
+def ray_options(args: argparse.Namespace) -> RayOptions | None:
+    if args.ray is None:
+        return None
+    if args.ray_cpus < 1:
+        raise UsageError(f"--ray-cpus {args.ray_cpus}: give at least 1")
+    return RayOptions(None if args.ray == "local" else args.ray, args.ray_cpus)

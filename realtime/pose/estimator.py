@@ -1,6 +1,6 @@
 """The pose stage: person boxes on device frames -> keypoints in image pixels, in one call.
 
-    estimator = PoseEstimator(model, pose_config, EngineConfig(backend="compile", device="cuda"))
+    estimator = PoseEstimator(model, pose_config, PoseStageConfig(backend="compile", device="cuda"))
     keypoints = estimator(images, boxes, batch_index)   # (N, K, 3) x, y, score in image pixels
 
 `PoseEstimator` owns everything between the detector and the poses: batched crops (and their
@@ -23,8 +23,6 @@ import copy
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,58 +32,16 @@ from torch import Tensor, nn
 from ccm.checkpoint import PoseConfig
 from ccm.fold import fold_batch_norms
 from ccm.geometry import box_to_center_scale, grid_to_image_matrix, warp_crops
-from ccm.refine import DECODE_METHODS
-from realtime.device import autocast, cpu_has_bf16, resolve_precision
+from realtime.device import autocast, cpu_has_bf16
+from realtime.pose.config import PoseStageConfig
 from realtime.pose.cpu_fusion import FusedConv, fuse_activations
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "compile", "tensorrt")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Lap = Callable[[str], None]  # a stage timer's `lap(stage)`
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How to run the pose network. `flip_alpha` None takes the checkpoint's SSP alpha.
-
-    `precision`: "fp32", "fp16" (CUDA; weights in fp16), "bf16" (autocast) or "auto"
-    (`resolve_precision`); `half` is the same as "fp16"."""
-
-    backend: str = "eager"
-    device: str = "cpu"
-    half: bool = False
-    precision: str = "auto"
-    flip_test: bool = True
-    flip_alpha: float | None = None
-    decoder: str = "parabola"
-    blur_kernel: int = 11
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    cache_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; choose from {BACKENDS}")
-        if self.decoder not in DECODE_METHODS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; choose from {DECODE_METHODS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
-        if self.half and self.precision not in ("auto", "fp16"):
-            raise ValueError(f"half asks for fp16 but precision is {self.precision}")
-        if self.resolved_precision == "fp16" and not str(self.device).startswith("cuda"):
-            raise ValueError("fp16 needs a CUDA device")
-        if self.backend == "tensorrt" and not str(self.device).startswith("cuda"):
-            raise ValueError("the tensorrt backend needs a CUDA device")
-        buckets = list(self.batch_buckets)
-        if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
-            raise ValueError(f"batch buckets must be increasing and >= 1, got {self.batch_buckets}")
-
-    @property
-    def resolved_precision(self) -> str:
-        return resolve_precision(self.precision, self.device, self.half)
 
 
 class _Decoder(nn.Module):
@@ -115,7 +71,7 @@ class PoseEstimator:
         self,
         model: nn.Module,
         pose: PoseConfig,
-        config: EngineConfig,
+        config: PoseStageConfig,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.pose = pose

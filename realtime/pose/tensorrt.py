@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ccm.checkpoint import PoseConfig
-from realtime.pose.estimator import EngineConfig
+from realtime.pose.config import PoseStageConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def tensorrt_cache_key(
 
 
 def tensorrt_module(
-    model: nn.Module, pose: PoseConfig, config: EngineConfig, per_person: int
+    model: nn.Module, pose: PoseConfig, config: PoseStageConfig, per_person: int
 ) -> nn.Module:
     """Compile the network with torch-tensorrt (dynamic batch), reusing a cached engine."""
     try:

@@ -16,7 +16,8 @@ import torch
 from ccm.checkpoint import load_checkpoint
 from realtime.detect.detector import DetectorConfig, PersonDetector
 from realtime.device import resolve_device
-from realtime.pose.estimator import EngineConfig, PoseEstimator
+from realtime.pose.config import PoseStageConfig
+from realtime.pose.estimator import PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion
 from realtime.weights.manifest import WEIGHTS_DIR, load_manifest, manifest_path
@@ -34,7 +35,7 @@ class PipelineSpec:
     pose: Path | None = None
     detector: Path | None = None
     device: str = "auto"
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: PoseStageConfig = field(default_factory=PoseStageConfig)
     detection: DetectorConfig = field(default_factory=DetectorConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)

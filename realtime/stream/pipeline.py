@@ -36,7 +36,7 @@ from ccm.geometry import boxes_from_keypoints
 from ccm.nms import NMS_METHODS, rescore, suppress_duplicates
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_SIGMAS
-from realtime.detect.detector import Detections, interpolate_detections
+from realtime.detect.detector import Detections, Detector, interpolate_detections
 from realtime.io.frames import Frame
 from realtime.pose.estimator import PoseEstimator
 from realtime.stream.results import FrameResult, StageTimer
@@ -82,7 +82,7 @@ class PosePipeline:
 
     def __init__(
         self,
-        detector,
+        detector: Detector,
         estimator: PoseEstimator,
         temporal: TemporalStage | None = None,
         config: PipelineConfig = PipelineConfig(),
@@ -184,14 +184,14 @@ class PosePipeline:
         plan = plan_detections(states, group)
         detect = [i for i, (_, _, source) in zip(group, plan, strict=True) if source is None]
         found = {}
-        for i, dets in zip(detect, self._detect(pixels, images, group, detect), strict=True):
+        for i, dets in zip(detect, self._detect(pixels, group, detect), strict=True):
             dets = dets if people is None else people(frames[i], dets)
             found[i] = Detections(*(t.to(self.device, torch.float32) for t in dets))
         boxes, box_scores = [], []
         for i, (count, next_count, source) in zip(group, plan, strict=True):
             state = states[i]
             if source is None:
-                state.detected, state.detected_frame = found[i], count
+                state.remember_detection(found[i], count)
                 b, s = found[i]
             elif source >= 0:  # between two detected frames
                 t = (count - state.detected_frame) / (next_count - state.detected_frame)
@@ -219,27 +219,18 @@ class PosePipeline:
         for k, rows in enumerate(np.split(host, np.cumsum(counts)[:-1])):
             i = group[k]
             poses, scores = _frame_poses(frames[i], rows, keypoints.shape[1])
-            state = states[i]
-            if state.temporal is not None:
-                poses = state.temporal(poses)
-            state.previous, state.previous_box_scores = poses, scores
-            state.frames += 1
+            poses = states[i].finish_frame(poses, scores)
             out.append(FrameResult(frames[i], poses, batch=len(group), people=counts[k]))
         timer.lap("fuse")
         for result in out:
             result.timings = dict(timer.times)
         return out
 
-    def _detect(
-        self, pixels: Tensor, images: list[np.ndarray], group: list[int], detect: list[int]
-    ) -> list[Detections]:
-        """Detections of the frames `detect` (indices into `images`, rows of `pixels` by their
-        place in `group`): one batch through a `PersonDetector`, else a plain callable per
-        (H, W, 3) frame."""
+    def _detect(self, pixels: Tensor, group: list[int], detect: list[int]) -> list[Detections]:
+        """Detections of the frames `detect` (rows of `pixels` by their place in `group`), in
+        one batch through the detector."""
         if not detect:
             return []
-        if not hasattr(self.detector, "detect"):
-            return [Detections(*self.detector(images[i])) for i in detect]
         rows = [group.index(i) for i in detect]
         if len(rows) < len(group):  # views of the rows, not an index list uploaded to the device
             pixels = torch.cat([pixels[r : r + 1] for r in rows])

@@ -1,7 +1,7 @@
 """Serving many browser sessions from one set of models: an engine cache and one worker thread.
 
-`EngineCache` keeps the pose engines the sessions ask for, one `PosePipeline` per distinct
-(pose checkpoint, `EngineConfig`) around the one shared person detector, least recently used
+`PipelineCache` keeps the pose engines the sessions ask for, one `PosePipeline` per distinct
+(pose checkpoint, `PoseStageConfig`) around the one shared person detector, least recently used
 dropped beyond `capacity`. A second engine on an already loaded checkpoint shares its network.
 
 `ServingWorker` is the only thread that calls a model (CUDA-graph trees are per thread, and it
@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 
 from ccm.checkpoint import load_checkpoint
 from realtime.io.frames import Frame
-from realtime.pose.estimator import EngineConfig, PoseEstimator
+from realtime.pose.config import PoseStageConfig
+from realtime.pose.estimator import PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
 from realtime.stream.results import FrameResult
 from realtime.stream.state import StreamState
@@ -46,10 +47,10 @@ class EngineKey:
     """Which pose engine: the checkpoint (resolved path) and how it runs."""
 
     pose: Path
-    config: EngineConfig
+    config: PoseStageConfig
 
 
-class EngineCache:
+class PipelineCache:
     """Pose pipelines by `EngineKey`, around one shared detector; call `get` on the worker only."""
 
     def __init__(self, pipeline: PosePipeline, pose_path: Path, capacity: int = 3) -> None:
@@ -151,7 +152,7 @@ class ServingWorker:
 
     def __init__(
         self,
-        engines: EngineCache,
+        engines: PipelineCache,
         max_streams: int = 4,
         live_s: float = 2.0,
         gather_s: float = 0.02,

@@ -36,6 +36,20 @@ class StreamState:
         if self.temporal is not None:
             self.temporal.reset()
 
+    def remember_detection(self, detections: Detections, count: int) -> None:
+        """The detections of this stream's frame number `count`, for the frames up to the next
+        detected one."""
+        self.detected, self.detected_frame = detections, count
+
+    def finish_frame(self, poses: FramePoses, box_scores: Tensor) -> FramePoses:
+        """The next frame's poses through the stream's temporal stage; remembered, with their
+        detector scores, for the frames without detection. Returns the poses to show."""
+        if self.temporal is not None:
+            poses = self.temporal(poses)
+        self.previous, self.previous_box_scores = poses, box_scores
+        self.frames += 1
+        return poses
+
     def needs_detection(self, ahead: int = 0) -> bool:
         """Whether the frame `ahead` frames after the next one is a detected frame. The next one
         is also detected when there is nothing to take boxes from."""

@@ -10,7 +10,7 @@ inputs and outputs, `serving` the engine cache and the one thread that runs the 
 WebSocket; the image stream below it shows only where that cannot connect).
 
 Shared between visitors: only the loaded models, the person detector and the pose engines in an
-`EngineCache` (one per distinct checkpoint, precision, flip test and decoder, the least recently
+`PipelineCache` (one per distinct checkpoint, precision, flip test and decoder, the least recently
 used dropped beyond three), run by the one `ServingWorker` thread. Each browser session has its
 own settings (kept in the browser, so a reload shows them again), its own webcam stream with its
 own track history, FPS and latency, and its own uploads. Several webcams stream at once: every
@@ -50,7 +50,7 @@ from realtime.stream.assemble import (  # noqa: E402
     default_pose_checkpoint,
 )
 from realtime.stream.pipeline import PosePipeline  # noqa: E402
-from realtime.stream.serving import EngineCache  # noqa: E402
+from realtime.stream.serving import PipelineCache  # noqa: E402
 from realtime.temporal.fusion import TemporalConfig  # noqa: E402
 from realtime.ui.live import HEAD as LIVE_HEAD  # noqa: E402
 from realtime.ui.live import mount_live  # noqa: E402
@@ -114,7 +114,7 @@ def build_ui(
     """The page around `pipeline` (built by `build_pipeline(options)`); queue set, not launched."""
     config = config or UiConfig()
     pose_path = Path(options.pose or default_pose_checkpoint(config.weights_dir)).resolve()
-    engines = EngineCache(pipeline, pose_path, capacity=config.engines)
+    engines = PipelineCache(pipeline, pose_path, capacity=config.engines)
     temporal = getattr(pipeline.temporal, "config", None)
     temporal = temporal if isinstance(temporal, TemporalConfig) else TemporalConfig()
     defaults = Controls(

@@ -1,6 +1,6 @@
 """The browser demo's sessions and the handlers behind its events.
 
-`PoseApp` holds the shared `EngineCache` and its `ServingWorker`; every handler takes the
+`PoseApp` holds the shared `PipelineCache` and its `ServingWorker`; every handler takes the
 visitor's `Session` (Gradio session state) and works with its settings only.
 """
 
@@ -33,7 +33,7 @@ from realtime.batch.videos import process_video  # noqa: E402
 from realtime.io.frames import Frame  # noqa: E402
 from realtime.io.sources import read_image  # noqa: E402
 from realtime.render import render_frame  # noqa: E402
-from realtime.stream.serving import EngineCache, ServedStream, ServerBusy, ServingWorker  # noqa: E402
+from realtime.stream.serving import PipelineCache, ServedStream, ServerBusy, ServingWorker  # noqa: E402
 from realtime.stream.state import StreamState  # noqa: E402
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion  # noqa: E402
 from realtime.ui.media import TooManyPixels, check_pixels, plain_reason  # noqa: E402
@@ -66,7 +66,7 @@ class PoseApp:
 
     def __init__(
         self,
-        engines: EngineCache,
+        engines: PipelineCache,
         defaults: Controls,
         config: UiConfig,
         jobs_dir: Path,

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from ccm.refine import DECODE_METHODS
 from realtime.render import RenderConfig
-from realtime.stream.serving import EngineCache
+from realtime.stream.serving import PipelineCache
 from realtime.temporal.fusion import METHODS as TEMPORAL_METHODS
 from realtime.weights.manifest import WEIGHTS_DIR
 
@@ -128,7 +128,7 @@ class Controls:
         return cls(pose, det_every, flip, decoder, temporal)
 
 
-def describe(engines: EngineCache, controls: Controls) -> str:
+def describe(engines: PipelineCache, controls: Controls) -> str:
     """Markdown naming the models a session uses."""
     detector = getattr(getattr(engines.detector, "config", None), "weights", "custom")
     base = engines.base

@@ -8,7 +8,8 @@ from ccm.checkpoint import PoseConfig
 from ccm.codec import encode_heatmaps
 from ccm.geometry import crop_to_heatmap, grid_to_image
 from ccm.skeleton import flip_permutation
-from realtime.pose.estimator import EngineConfig, PoseEstimator
+from realtime.pose.config import PoseStageConfig
+from realtime.pose.estimator import PoseEstimator
 
 SIZE = (128, 96)
 POSE = PoseConfig("ccm_mobilenetv2", input_size=SIZE)
@@ -17,7 +18,7 @@ DEMO_POSE = Path(__file__).parents[2] / "weights" / "demo-ccm-mobilenetv2-128x96
 
 def engine(backend="eager", **kw) -> PoseEstimator:
     return PoseEstimator(
-        DotFinder(), POSE, EngineConfig(backend=backend, decoder="dark", blur_kernel=0, **kw)
+        DotFinder(), POSE, PoseStageConfig(backend=backend, decoder="dark", blur_kernel=0, **kw)
     )
 
 
@@ -71,7 +72,7 @@ def crop_points(seed: int) -> torch.Tensor:
 
 def refine_heatmaps(pose: PoseConfig, heatmaps: torch.Tensor, flip_test: bool) -> torch.Tensor:
     """The pose stage's decoding (its codec) of the maps of two people, (2, 17, 2) image px."""
-    codec = PoseEstimator(DotFinder(), pose, EngineConfig(decoder="dark", blur_kernel=0)).codec
+    codec = PoseEstimator(DotFinder(), pose, PoseStageConfig(decoder="dark", blur_kernel=0)).codec
     flipped = heatmaps[2:] if flip_test else None
     return codec.to_image(heatmaps[:2], CENTER, SCALE, flipped)[..., :2].double()
 
@@ -181,7 +182,7 @@ def test_real_network_runs_on_a_frame_and_leaves_the_callers_model_alone():
     torch.manual_seed(0)
     model = POSE.build_model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = PoseEstimator(model, POSE, EngineConfig())(
+    out = PoseEstimator(model, POSE, PoseStageConfig())(
         blob_frame([(200.0, 180.0)]), torch.tensor([[150.0, 100.0, 250.0, 260.0]])
     )
     assert out.shape == (1, 17, 3) and torch.isfinite(out).all()
@@ -190,13 +191,13 @@ def test_real_network_runs_on_a_frame_and_leaves_the_callers_model_alone():
 
 def test_bad_engine_settings_are_refused():
     with pytest.raises(ValueError, match="unknown backend"):
-        EngineConfig(backend="onnx")
+        PoseStageConfig(backend="onnx")
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        EngineConfig(half=True)
+        PoseStageConfig(half=True)
     with pytest.raises(ValueError, match="tensorrt backend needs a CUDA device"):
-        EngineConfig(backend="tensorrt")
+        PoseStageConfig(backend="tensorrt")
     with pytest.raises(ValueError, match="increasing"):
-        EngineConfig(batch_buckets=(4, 2))
+        PoseStageConfig(batch_buckets=(4, 2))
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -247,9 +248,11 @@ def test_gpu_real_network_fp16_and_compile_agree_with_fp32():
     frame = torch.from_numpy(image).permute(2, 0, 1)[None].float().cuda()
     # Two walkers of the clip's first frame, from its ground truth (x1, y1, x2, y2).
     boxes = torch.tensor([[852.5, 177.5, 959.5, 530.5], [787.5, 170.5, 863.5, 336.5]]).cuda()
-    ref = PoseEstimator(model, pose, EngineConfig(device="cuda", precision="fp32", blur_kernel=0))
+    ref = PoseEstimator(
+        model, pose, PoseStageConfig(device="cuda", precision="fp32", blur_kernel=0)
+    )
     half = PoseEstimator(
-        model, pose, EngineConfig(device="cuda", half=True, backend="compile", blur_kernel=0,
+        model, pose, PoseStageConfig(device="cuda", half=True, backend="compile", blur_kernel=0,
                                   batch_buckets=(1, 2, 4)),
     )  # fmt: skip
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
@@ -339,9 +342,9 @@ def test_cpu_eager_fuses_the_activations_and_keeps_the_keypoints(monkeypatch):
     torch.manual_seed(0)
     model = POSE.build_model().eval()
     frame, box = blob_frame([(200.0, 180.0)]), torch.tensor([[150.0, 100.0, 250.0, 260.0]])
-    fused = PoseEstimator(model, POSE, EngineConfig(precision="fp32"))
+    fused = PoseEstimator(model, POSE, PoseStageConfig(precision="fp32"))
     assert fused.describe()["activations_fused"] is True
     monkeypatch.setattr(engine_module, "fuse_activations", lambda network, example: network)
-    plain = PoseEstimator(model, POSE, EngineConfig(precision="fp32"))
+    plain = PoseEstimator(model, POSE, PoseStageConfig(precision="fp32"))
     assert plain.describe()["activations_fused"] is False
     torch.testing.assert_close(fused(frame, box), plain(frame, box), rtol=0, atol=1e-3)

@@ -13,8 +13,10 @@ from toys import DotFinder, SpreadFinder, blob_frame
 
 from ccm.checkpoint import PoseConfig
 from ccm.geometry import boxes_from_keypoints
+from realtime.detect.detector import Detections, Detector
 from realtime.io.frames import Frame
-from realtime.pose.estimator import EngineConfig, PoseEstimator
+from realtime.pose.config import PoseStageConfig
+from realtime.pose.estimator import PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion
 from realtime.temporal.stage import TemporalStage
@@ -31,18 +33,20 @@ def box(x: float, y: float) -> list[float]:
     return [x - 40, y - 70, x + 50, y + 60]
 
 
-class FakeDetector:
-    """Fixed boxes and scores for every frame; remembers which frames it saw."""
+class FakeDetector(Detector):
+    """Fixed boxes and scores for every frame; counts the frames it saw."""
+
+    device = torch.device("cpu")
 
     def __init__(self, boxes: list[list[float]], scores: list[float]) -> None:
         self.boxes = torch.tensor(boxes)
         self.scores = torch.tensor(scores)
         self.calls = 0
 
-    def __call__(self, image: np.ndarray):
-        assert image.shape == (360, 480, 3) and image.dtype == np.uint8
-        self.calls += 1
-        return self.boxes.clone(), self.scores.clone()
+    def detect(self, images: torch.Tensor) -> list[Detections]:
+        assert images.shape[1:] == (3, 360, 480) and images.dtype == torch.uint8
+        self.calls += len(images)
+        return [Detections(self.boxes.clone(), self.scores.clone()) for _ in images]
 
 
 def frame(index: int, points=POINTS, shift: float = 0.0) -> Frame:
@@ -53,7 +57,7 @@ def frame(index: int, points=POINTS, shift: float = 0.0) -> Frame:
 
 def pipeline(detector, config=None, network=None, temporal=None) -> PosePipeline:
     estimator = PoseEstimator(
-        network or DotFinder(), POSE, EngineConfig(decoder="dark", blur_kernel=0)
+        network or DotFinder(), POSE, PoseStageConfig(decoder="dark", blur_kernel=0)
     )
     return PosePipeline(detector, estimator, temporal, config or PipelineConfig())
 
@@ -229,7 +233,7 @@ def test_gpu_pipeline_syncs_only_for_its_one_copy():
     det = FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
     det.boxes, det.scores = det.boxes.cuda(), det.scores.cuda()  # as a GPU detector returns
     estimator = PoseEstimator(
-        DotFinder(), POSE, EngineConfig(device="cuda", decoder="dark", blur_kernel=0)
+        DotFinder(), POSE, PoseStageConfig(device="cuda", decoder="dark", blur_kernel=0)
     )
     pipe = PosePipeline(det, estimator, TemporalFusion(), PipelineConfig())
     pipe(frame(0))  # warm-up: allocations, pinned buffers
@@ -280,17 +284,22 @@ def test_frames_without_detection_take_the_boxes_the_temporal_stage_predicts():
     np.testing.assert_allclose(kept, sorted(box(x + 5, y) for x, y in POINTS), atol=1e-4)
 
 
-class ScriptedDetector:
-    """Given boxes for each call, in order; keeps the images it was called on."""
+class ScriptedDetector(Detector):
+    """Given boxes for each frame detected, in order; keeps the (H, W, 3) images it saw."""
+
+    device = torch.device("cpu")
 
     def __init__(self, boxes: list[list[list[float]]], scores: list[float]) -> None:
         self.boxes = [torch.tensor(b) for b in boxes]
         self.scores = torch.tensor(scores)
         self.images: list[np.ndarray] = []
 
-    def __call__(self, image: np.ndarray):
-        self.images.append(image)
-        return self.boxes[len(self.images) - 1], self.scores.clone()
+    def detect(self, images: torch.Tensor) -> list[Detections]:
+        found = []
+        for image in images:
+            self.images.append(image.permute(1, 2, 0).numpy())
+            found.append(Detections(self.boxes[len(self.images) - 1], self.scores.clone()))
+        return found
 
 
 def moving_boxes(i: int, step: float = 3.0) -> list[list[float]]:
@@ -305,8 +314,9 @@ def test_a_file_is_detected_every_third_frame_and_boxes_between_are_interpolated
     results = list(pipe.stream(frames))
     # Batches of about 4 frames end on a detected frame: 0-3, then 4-7 (the file ends at 7).
     assert [r.batch for r in results] == [4] * 8
-    assert [next(i for i, f in enumerate(frames) if f.image is image) for image in det.images] \
-        == list(detected)  # fmt: skip
+    seen = [next(i for i, f in enumerate(frames) if np.array_equal(f.image, image))
+            for image in det.images]  # fmt: skip
+    assert seen == list(detected)
     for i, result in enumerate(results):
         # Frame 1 is a third of the way from frame 0's boxes to frame 3's: 1 px a frame.
         torch.testing.assert_close(

@@ -10,16 +10,20 @@ import torch
 from toys import DotFinder
 
 from ccm.checkpoint import PoseConfig
-from realtime.pose.estimator import EngineConfig, PoseEstimator
+from realtime.detect.detector import Detections, Detector
+from realtime.pose.config import PoseStageConfig
+from realtime.pose.estimator import PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
-from realtime.stream.serving import EngineCache, ServingWorker
+from realtime.stream.serving import PipelineCache, ServingWorker
 
 POSE = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
 
 
-class NoDetector:
-    def __call__(self, image):
-        return torch.zeros(0, 4), torch.zeros(0)
+class NoDetector(Detector):
+    device = torch.device("cpu")
+
+    def detect(self, images: torch.Tensor) -> list[Detections]:
+        return [Detections(torch.zeros(0, 4), torch.zeros(0)) for _ in images]
 
 
 @pytest.mark.parametrize("per_thread", [True, False])
@@ -27,13 +31,13 @@ def test_the_worker_warms_engines_up_on_its_own_thread_before_serving(monkeypatc
     # CUDA-graph trees are per thread: graphs captured on the main thread, where the engine was
     # built, would be captured again on the serving thread, mid-stream.
     monkeypatch.setattr(PoseEstimator, "graphs_per_thread", property(lambda self: per_thread))
-    estimator = PoseEstimator(DotFinder(), POSE, EngineConfig(blur_kernel=0))
+    estimator = PoseEstimator(DotFinder(), POSE, PoseStageConfig(blur_kernel=0))
     warmed: list[str] = []
     monkeypatch.setattr(
         estimator, "warm_up", lambda: warmed.append(threading.current_thread().name)
     )
     pipeline = PosePipeline(NoDetector(), estimator, None, PipelineConfig())
-    worker = ServingWorker(EngineCache(pipeline, Path("pose.safetensors")))
+    worker = ServingWorker(PipelineCache(pipeline, Path("pose.safetensors")))
     try:
         served = worker.call(lambda: threading.current_thread().name, timeout=30)
     finally:

@@ -28,7 +28,7 @@ from ui_server import free_port, tiny_options
 
 from realtime.io.frames import Frame
 from realtime.stream.assemble import PipelineSpec, build_pipeline
-from realtime.stream.serving import EngineCache, ServerBusy
+from realtime.stream.serving import PipelineCache, ServerBusy
 from realtime.stream.state import StreamState
 from realtime.ui.media import FileSweeper, plain_reason
 from realtime.ui.page import (
@@ -214,7 +214,7 @@ def test_port_rule_flag_then_environment_then_7860():
 
 
 def make_app(pipeline, options, tmp_path, **config) -> PoseApp:
-    engines = EngineCache(pipeline, options.pose, capacity=config.pop("engines", 3))
+    engines = PipelineCache(pipeline, options.pose, capacity=config.pop("engines", 3))
     defaults = Controls(Path(options.pose).resolve(), 1, True, "parabola", "softnms")
     return PoseApp(engines, defaults, UiConfig(weights_dir=tmp_path, **config), tmp_path)
 
@@ -259,7 +259,7 @@ def test_a_pose_model_that_does_not_load_is_refused_and_the_list_goes_back(
 
 
 def test_engines_are_cached_per_setting_and_share_the_network(pipeline, options, tmp_path):
-    engines = EngineCache(pipeline, options.pose, capacity=2)
+    engines = PipelineCache(pipeline, options.pose, capacity=2)
     network = pipeline.estimator.model
     dark = engines.get(engines.key(options.pose, True, "dark"))
     assert dark.estimator.model is network and dark.detector is pipeline.detector

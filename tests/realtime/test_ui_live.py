@@ -22,7 +22,7 @@ from starlette.websockets import WebSocketDisconnect
 from ui_server import tiny_options
 
 from realtime.stream.assemble import build_pipeline
-from realtime.stream.serving import EngineCache, ServerBusy, ServingWorker
+from realtime.stream.serving import PipelineCache, ServerBusy, ServingWorker
 from realtime.ui.live import FrameRefused, _jpeg_size, decode_frame, mount_live
 from realtime.ui.media import TooManyPixels, check_pixels, limit_malloc_arenas
 from realtime.ui.sessions import PoseApp
@@ -49,7 +49,7 @@ def scene(height: int = 180, width: int = 320) -> np.ndarray:
 def setup(tmp_path_factory):
     options = tiny_options(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
     pipeline = build_pipeline(options)
-    engines = EngineCache(pipeline, options.pose)
+    engines = PipelineCache(pipeline, options.pose)
     defaults = Controls(options.pose, 1, True, "parabola", "kalman")
     return engines, defaults, tmp_path_factory.mktemp("jobs")
 
