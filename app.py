@@ -50,6 +50,7 @@ from realtime.stream.flags import (  # noqa: E402
     add_pipeline_arguments,
     pipeline_options,
 )
+from realtime.ui.settings import UiConfig  # noqa: E402
 from realtime.weights.cli import add_weights_commands  # noqa: E402
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def run_ui(args: argparse.Namespace) -> int:
     from realtime.ui.page import launch
 
     options = pipeline_options(args)
-    launch(options, port=args.port, share=args.share, max_upload_mb=args.max_upload_mb)
+    launch(options, args.port, args.share, UiConfig(max_upload_mb=args.max_upload_mb))
     return 0
 
 
@@ -195,7 +196,10 @@ def parser() -> argparse.ArgumentParser:
     )
     ui.add_argument("--share", action="store_true", help="also open a public share link")
     ui.add_argument(
-        "--max-upload-mb", type=COUNT, default=500, help="largest video upload accepted"
+        "--max-upload-mb",
+        type=COUNT,
+        default=UiConfig.max_upload_mb,
+        help="largest video upload accepted",
     )
     add_pipeline_arguments(ui)
     ui.set_defaults(run=run_ui)

@@ -155,6 +155,24 @@ class _FrameBuffer:
             return len(self._frames)
 
 
+def rgb_image(image: object, what: str = "image") -> np.ndarray:
+    """`image` as (H, W, 3) uint8 RGB, C-contiguous and writeable: gray and RGBA are converted,
+    anything else is refused with a ValueError that names `what`."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"{what}: expected a uint8 image array, got {kind}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
+        raise ValueError(
+            f"{what}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}"
+        )
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    image = np.ascontiguousarray(image[..., :3])
+    return image if image.flags.writeable else image.copy()  # torch.from_numpy wants writeable
+
+
 class FrameStream(Protocol):
     """Frames in order, as the pipeline reads them; `realtime` says a live source, whose frames
     are taken one at a time, the newest first (a file's go in micro-batches)."""

@@ -37,7 +37,7 @@ from ccm.nms import NMS_METHODS, rescore, suppress_duplicates
 from ccm.poses import FramePoses
 from ccm.skeleton import COCO_SIGMAS
 from realtime.detect.detector import Detections, Detector, interpolate_detections
-from realtime.io.frames import Frame
+from realtime.io.frames import Frame, rgb_image
 from realtime.pose.estimator import PoseEstimator
 from realtime.stream.results import FrameResult, StageTimer
 from realtime.stream.state import StreamState, plan_detections
@@ -157,7 +157,7 @@ class PosePipeline:
         states = [self.state] * len(frames) if states is None else list(states)
         if len(states) != len(frames):
             raise ValueError(f"{len(frames)} frames but {len(states)} stream states")
-        images = [_rgb(f) for f in frames]
+        images = [rgb_image(f.image, f"frame {f.index}") for f in frames]
         results: list[FrameResult | None] = [None] * len(frames)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
@@ -303,26 +303,6 @@ def _together_to(device: torch.device, boxes: Tensor, scores: Tensor) -> tuple[T
         return boxes.to(device, torch.float32), scores.to(device, torch.float32)
     both = torch.cat((boxes.float(), scores.float()[:, None]), 1).to(device)
     return both[:, :4], both[:, 4]
-
-
-def _rgb(frame: Frame) -> np.ndarray:
-    """The frame as (H, W, 3) uint8 RGB: gray and RGBA frames are converted, others refused."""
-    image = frame.image
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"frame {frame.index}: expected a uint8 image array, got {kind}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
-        raise ValueError(
-            f"frame {frame.index}: expected an (H, W), (H, W, 3) or (H, W, 4) image, "
-            f"got shape {image.shape}"
-        )
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[..., :3]
-    return np.ascontiguousarray(image)
 
 
 def _sanitize(

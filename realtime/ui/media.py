@@ -24,16 +24,13 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
+import gradio as gr
 import numpy as np
+from gradio.data_classes import ImageData
+from gradio_client import utils as client_utils
 from PIL import Image
 
-from realtime.offline import configure_offline
-
-configure_offline()  # before gradio is imported: no analytics, no version check
-
-import gradio as gr  # noqa: E402
-from gradio.data_classes import ImageData  # noqa: E402
-from gradio_client import utils as client_utils  # noqa: E402
+from realtime.batch.report import describe
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +142,9 @@ _PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]?")
 
 
 def plain_reason(err: BaseException | str) -> str:
-    """The text of an error for a person: paths shortened to their file name, errno gone."""
-    text = str(err).strip() or type(err).__name__
+    """An error in one line for a person (`describe`), its paths shortened to their file name and
+    its errno gone: a visitor sees no server path."""
+    text = describe(err) if isinstance(err, BaseException) else err.strip()
     text = _ERRNO.sub("", text)
     text = _PATH.sub(lambda m: Path(m.group(0).rstrip("/\\")).name or "a file", text)
     return text

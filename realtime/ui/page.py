@@ -37,33 +37,28 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
-from realtime.offline import configure_offline
+import gradio as gr
 
-configure_offline()  # before gradio is imported: no analytics, no version check
-
-import gradio as gr  # noqa: E402
-
-from realtime.device import resolve_device  # noqa: E402
-from realtime.stream.assemble import (  # noqa: E402
+from realtime.device import resolve_device
+from realtime.stream.assemble import (
     PipelineSpec,
     build_pipeline,
     default_pose_checkpoint,
 )
-from realtime.stream.pipeline import PosePipeline  # noqa: E402
-from realtime.stream.serving import PipelineCache  # noqa: E402
-from realtime.temporal.fusion import TemporalConfig  # noqa: E402
-from realtime.ui.live import HEAD as LIVE_HEAD  # noqa: E402
-from realtime.ui.live import mount_live  # noqa: E402
-from realtime.ui.media import (  # noqa: E402
+from realtime.stream.pipeline import PosePipeline
+from realtime.stream.serving import PipelineCache
+from realtime.ui.live import HEAD as LIVE_HEAD
+from realtime.ui.live import mount_live
+from realtime.ui.media import (
     FileSweeper,
     limit_malloc_arenas,
     local_image,
     local_video,
     memory_image,
 )
-from realtime.ui.sessions import PoseApp, Session  # noqa: E402
-from realtime.ui.settings import Controls, UiConfig, describe  # noqa: E402
-from realtime.ui.weights_notice import add_weights_notice  # noqa: E402
+from realtime.ui.sessions import PoseApp, Session
+from realtime.ui.settings import Controls, UiConfig, describe
+from realtime.ui.weights_notice import add_weights_notice
 
 __all__ = ["PoseApp", "Session", "UiConfig", "build_ui", "launch", "resolve_port", "serve"]
 
@@ -115,12 +110,11 @@ def build_ui(
     config = config or UiConfig()
     pose_path = Path(options.pose or default_pose_checkpoint(config.weights_dir)).resolve()
     engines = PipelineCache(pipeline, pose_path, capacity=config.engines)
-    temporal = getattr(pipeline.temporal, "config", None)
-    temporal = temporal if isinstance(temporal, TemporalConfig) else TemporalConfig()
+    temporal = options.temporal
     defaults = Controls(
         pose_path, pipeline.config.det_every or 1, pipeline.estimator.config.flip_test,
         pipeline.estimator.config.decoder,
-        temporal.method if pipeline.temporal is not None else "none",
+        pipeline.temporal.method if pipeline.temporal is not None else "none",
     )  # fmt: skip
     jobs_dir = Path(tempfile.mkdtemp(prefix="ccm-pose-ui-"))
     app = PoseApp(engines, defaults, config, jobs_dir, temporal)
@@ -232,14 +226,9 @@ def _shutdown(app: PoseApp, sweeper: FileSweeper, jobs_dir: Path) -> None:
     shutil.rmtree(jobs_dir, ignore_errors=True)
 
 
-def serve(
-    demo: gr.Blocks,
-    port: int | None = None,
-    share: bool = False,
-    max_upload_mb: int = 500,
-    block: bool = True,
-) -> str:
-    """Serve `demo` on 127.0.0.1 (port: `resolve_port`); returns the local URL.
+def serve(demo: gr.Blocks, port: int | None = None, share: bool = False, block: bool = True) -> str:
+    """Serve `demo` (made by `build_ui`) on 127.0.0.1 (port: `resolve_port`), taking uploads up
+    to its `UiConfig.max_upload_mb`; returns the local URL.
 
     `block` False returns at once with the server running on a thread (`demo.close()` stops it).
     Unexpected errors show as "Error" in the page (their text stays in the log, where server
@@ -247,7 +236,8 @@ def serve(
     """
     _, url, share_url = demo.launch(
         server_name=HOST, server_port=resolve_port(port), share=share,
-        max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=True, show_error=False,
+        max_file_size=f"{demo.pose_app.config.max_upload_mb}mb", prevent_thread_lock=True,
+        show_error=False,
         quiet=not block, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
         footer_links=["api", "settings"], css=_CSS, head=LIVE_HEAD,
         theme=gr.themes.Default(font=_THEME_FONTS, font_mono=_THEME_MONO), **_NO_SELF_CHECK,
@@ -280,11 +270,14 @@ _CSS = "#pose-model input, #pose-model .token, #pose-model li { text-overflow: c
 
 
 def launch(
-    options: PipelineSpec, port: int | None = None, share: bool = False, max_upload_mb: int = 500
+    options: PipelineSpec,
+    port: int | None = None,
+    share: bool = False,
+    config: UiConfig | None = None,
 ) -> None:
     """Build the pipeline once and serve the page until interrupted."""
     resolve_port(port)  # a bad port fails before the models load
     limit_malloc_arenas()
     pipeline = build_pipeline(options)
-    demo = build_ui(pipeline, options, UiConfig(max_upload_mb=max_upload_mb))
-    serve(demo, port, share, max_upload_mb, block=True)
+    demo = build_ui(pipeline, options, config or UiConfig())
+    serve(demo, port, share, block=True)

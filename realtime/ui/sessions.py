@@ -20,24 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import av
+import gradio as gr
 import numpy as np
 from PIL import Image
 
-from realtime.offline import configure_offline
-
-configure_offline()  # before gradio is imported: no analytics, no version check
-
-import gradio as gr  # noqa: E402
-
-from realtime.batch.videos import process_video  # noqa: E402
-from realtime.io.frames import Frame  # noqa: E402
-from realtime.io.sources import read_image  # noqa: E402
-from realtime.render import render_frame  # noqa: E402
-from realtime.stream.serving import PipelineCache, ServedStream, ServerBusy, ServingWorker  # noqa: E402
-from realtime.stream.state import StreamState  # noqa: E402
-from realtime.temporal.fusion import TemporalConfig, TemporalFusion  # noqa: E402
-from realtime.ui.media import TooManyPixels, check_pixels, plain_reason  # noqa: E402
-from realtime.ui.settings import Controls, UiConfig, describe, pose_choices  # noqa: E402
+from realtime.batch.videos import process_video
+from realtime.io.frames import Frame, rgb_image
+from realtime.io.sources import read_image
+from realtime.render import render_frame
+from realtime.stream.serving import PipelineCache, ServedStream, ServerBusy, ServingWorker
+from realtime.stream.state import StreamState
+from realtime.temporal.fusion import TemporalConfig, TemporalFusion
+from realtime.ui.media import TooManyPixels, check_pixels, plain_reason
+from realtime.ui.settings import Controls, UiConfig, describe, pose_choices
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +167,11 @@ class PoseApp:
         ):
             session.stream, session.stream_from = self.stream_state(c), built_from
             session.started, session.frames, session.interval_s = now, 0, None
-        frame = Frame(session.frames, now - session.started, _rgb(image), now)
+        try:
+            pixels = rgb_image(image, "the webcam frame")
+        except ValueError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        frame = Frame(session.frames, now - session.started, pixels, now)
         try:
             result = self.worker.frame(session.id, built_from[0], session.stream, frame)
         except ServerBusy as err:
@@ -254,7 +253,7 @@ class PoseApp:
         try:
             if isinstance(image, np.ndarray):
                 check_pixels(image.shape[1], image.shape[0], self.config.max_pixels)
-                pixels = _rgb(image)
+                pixels = rgb_image(image)
             else:
                 check_pixels(*_image_size(image, self.config.max_pixels), self.config.max_pixels)
                 pixels = read_image(image)
@@ -303,13 +302,3 @@ def _video_size(path: Path) -> tuple[int, int]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         return stream.codec_context.width, stream.codec_context.height
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    """A (H, W, 3) uint8 C-contiguous RGB array from what the image component delivers."""
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-        raise gr.Error(f"expected an RGB image, got shape {image.shape} {image.dtype}")
-    image = np.ascontiguousarray(image[..., :3])
-    return image if image.flags.writeable else image.copy()  # torch.from_numpy wants writeable

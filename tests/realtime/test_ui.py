@@ -64,7 +64,7 @@ def pipeline(options):
 def url(pipeline, options, tmp_path_factory):
     empty_weights = tmp_path_factory.mktemp("no-weights")
     demo = build_ui(pipeline, options, UiConfig(max_upload_mb=5, weights_dir=empty_weights))
-    local = serve(demo, port=free_port(), max_upload_mb=5, block=False)
+    local = serve(demo, port=free_port(), block=False)
     assert local.startswith("http://127.0.0.1:")
     yield local
     demo.close()

@@ -76,7 +76,7 @@ def server(tmp_path_factory):
         env.setenv("GRADIO_TEMP_DIR", str(gradio_tmp))
         config = UiConfig(weights_dir=weights, max_upload_mb=2, keep_files_s=20, sweep_every_s=5)
         demo = build_ui(build_pipeline(options), options, config)
-        url = serve(demo, port=free_port(), max_upload_mb=2, block=False)
+        url = serve(demo, port=free_port(), block=False)
         yield url, demo, gradio_tmp
         demo.close()
 
