@@ -24,6 +24,8 @@ from realtime.batch.images import (
     COCO_RESULTS_FILE,
     POSES_FILE,
     ImageReport,
+    finished_line,
+    interrupted_line,
     process_images,
 )
 from realtime.batch.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ExpandedInputs, expand_inputs
@@ -200,16 +202,10 @@ def run_images(
 
                 process_images(found.files, out, pipeline, render_frame, progress)
     except Interrupted as stop:
-        say(
-            f"interrupted by {stop.name} after {state['done']} of {len(found.files)} images: "
-            f"the rendered images are kept, {POSES_FILE} and {COCO_RESULTS_FILE} not written"
-        )
+        say(interrupted_line(stop.name, state["done"], len(found.files)))
         return 128 + stop.signum
     if failed:
         say(failed_summary(failed, total))
     if found.files:
-        say(
-            f"{state.get('posed', 0)} images posed: {out / POSES_FILE}, "
-            f"{out / COCO_RESULTS_FILE}, rendered images in {out}"
-        )
+        say(finished_line(state.get("posed", 0), out))
     return 1 if failed else 0

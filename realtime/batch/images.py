@@ -136,3 +136,19 @@ class ImageResultsWriter:
         if exc[0] is None:
             write_json(self.out_dir / COCO_IMAGES_FILE, {"images": self._images})
         self._stack.__exit__(*exc)  # commits both, or discards both on an error
+
+
+def interrupted_line(signal_name: str, done: int, total: int) -> str:
+    """What an images run stopped part-way says: what is kept and what is not written."""
+    return (
+        f"interrupted by {signal_name} after {done} of {total} images: the rendered images are "
+        f"kept, {POSES_FILE} and {COCO_RESULTS_FILE} not written"
+    )
+
+
+def finished_line(posed: int, out: Path) -> str:
+    """What a finished images run says: where its outputs are."""
+    return (
+        f"{posed} images posed: {out / POSES_FILE}, {out / COCO_RESULTS_FILE}, rendered images "
+        f"in {out}"
+    )

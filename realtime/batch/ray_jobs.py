@@ -24,7 +24,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ccm.poses import FramePoses
-from realtime.batch.images import COCO_RESULTS_FILE, POSES_FILE, ImageReport, ImageResultsWriter
+from realtime.batch.images import (
+    ImageReport,
+    ImageResultsWriter,
+    finished_line,
+    interrupted_line,
+)
 from realtime.batch.inputs import InputFile
 from realtime.batch.provenance import earlier_outputs, source_fingerprint
 from realtime.batch.ray_pool import Job, Lost, RayOptions, WorkerPool, connect
@@ -170,17 +175,11 @@ def run_images_on_ray(
     except KeyboardInterrupt as err:
         stop = _interrupted(err)
         remove_stale_parts(out)
-        say(
-            f"interrupted by {stop.name} after {seen} of {len(files)} images: the rendered "
-            f"images are kept, {POSES_FILE} and {COCO_RESULTS_FILE} not written"
-        )
+        say(interrupted_line(stop.name, seen, len(files)))
         return 128 + stop.signum
     if failed:
         say(failed_summary(failed, total))
-    say(
-        f"{posed} images posed: {out / POSES_FILE}, {out / COCO_RESULTS_FILE}, "
-        f"rendered images in {out}"
-    )
+    say(finished_line(posed, out))
     return 1 if failed else 0
 
 

@@ -14,9 +14,9 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,17 @@ class AtomicPath:
 
     def discard(self) -> None:
         self.temp.unlink(missing_ok=True)
+
+    def write(self, fill: Callable[[IO], object], text: bool = False) -> Path:
+        """The whole file through `fill(fh)`, then committed; nothing left when `fill` raises."""
+        try:
+            with open(self.temp, "x", encoding="utf-8") if text else open(self.temp, "xb") as fh:
+                fill(fh)
+            self.commit()
+        except BaseException:
+            self.discard()
+            raise
+        return self.final
 
 
 class StagedOutput(Protocol):
@@ -183,3 +194,26 @@ def _listed(folders: dict[str, set[str]]) -> Iterator[tuple[str, list[str], list
             yield folder, [], os.listdir(folder)
         except OSError:
             continue
+
+
+_Self = TypeVar("_Self", bound="WholeOrNothing")
+
+
+class WholeOrNothing:
+    """A writer used in `with`: `close()` (everything written, under the final names) when the
+    block ends normally, `abort()` (nothing left behind) when it raises."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

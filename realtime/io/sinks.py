@@ -21,19 +21,17 @@ import logging
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 import av
 import cv2
 import numpy as np
 
 from ccm.poses import FramePoses, coco_keypoint_results, dump_json
-from realtime.io.atomic_files import AtomicPath
+from realtime.io.atomic_files import AtomicPath, WholeOrNothing
 from realtime.io.frames import AudioTrack
 
 log = logging.getLogger(__name__)
-
-_Writer = TypeVar("_Writer", bound="_AtomicTextWriter")
 
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:
@@ -49,17 +47,10 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
         ok = False
     if not ok:
         raise ValueError(f"{file.final}: OpenCV cannot write {file.final.suffix} images")
-    try:
-        with open(file.temp, "xb") as fh:
-            fh.write(data.tobytes())
-        file.commit()
-    except BaseException:
-        file.discard()
-        raise
-    return file.final
+    return file.write(lambda fh: fh.write(data.tobytes()))
 
 
-class Mp4Writer:
+class Mp4Writer(WholeOrNothing):
     """H.264 (libx264, yuv420p, BT.709) mp4 at the source's frame rate, audio copied as is.
 
     Frames keep their pts (exact on the 1/fps grid, else to 1/90000 s), so a variable frame
@@ -255,15 +246,6 @@ class Mp4Writer:
             log.debug("closing the aborted %s failed", self._file.temp, exc_info=True)
         self._file.discard()
 
-    def __enter__(self) -> Mp4Writer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 def _time_base(rate: Fraction) -> Fraction:
     """1/N s, N a multiple of 90000 and of the rate's numerator: k / rate is exact for all k."""
@@ -271,7 +253,7 @@ def _time_base(rate: Fraction) -> Fraction:
     return Fraction(1, ticks if ticks <= 10**7 else 90000)
 
 
-class _AtomicTextWriter:
+class _AtomicTextWriter(WholeOrNothing):
     """A text file written through `AtomicPath`; the base of the JSON writers."""
 
     def __init__(self, path: str | Path) -> None:
@@ -316,15 +298,6 @@ class _AtomicTextWriter:
         finally:
             self._file.discard()
 
-    def __enter__(self: _Writer) -> _Writer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 class JsonlWriter(_AtomicTextWriter):
     """One `FramePoses.to_json()` line per frame (the schema in ccm/poses.py)."""
@@ -337,15 +310,7 @@ class JsonlWriter(_AtomicTextWriter):
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Write `data` as one JSON document, atomically."""
-    file = AtomicPath(path)
-    try:
-        with open(file.temp, "x", encoding="utf-8") as fh:
-            dump_json(data, fh)
-        file.commit()
-    except BaseException:
-        file.discard()
-        raise
-    return file.final
+    return AtomicPath(path).write(lambda fh: dump_json(data, fh), text=True)
 
 
 class ImagePosesWriter(_AtomicTextWriter):

@@ -22,125 +22,66 @@ VERBOSE_HELP = "log debug messages, and show the traceback of any error (default
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = True) -> None:
+    """Every stage's flags; each default is the stage config's own."""
+    # fmt: off
+    pose, pipe, det = PoseStageConfig(), PipelineConfig(), DetectorConfig()
     # Also after the command (`app.py video x.mp4 -v`); SUPPRESS keeps the top-level value.
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
-    )
+    verbose = {"action": "store_true", "default": argparse.SUPPRESS, "help": VERBOSE_HELP}
+    parser.add_argument("-v", "--verbose", **verbose)
     models = parser.add_argument_group("models")
-    models.add_argument(
-        "--pose",
-        type=Path,
-        help="pose checkpoint (.safetensors); default: the best verified one in weights/",
-    )
-    models.add_argument(
-        "--detector",
-        type=Path,
-        help="YOLO detection weights (.pt, or a model .yaml); default: a verified one in weights/",
-    )
+    models.add_argument("--pose", type=Path, help="pose checkpoint (.safetensors); default: the "
+                        "best verified one in weights/")
+    models.add_argument("--detector", type=Path, help="YOLO detection weights (.pt, or a model "
+                        ".yaml); default: a verified one in weights/")
     models.add_argument("--trust", action="store_true", help="load --detector / --reference-weights"
                         " files with no manifest hash: a .pt is unpickled, which runs any code "
-                        "in it (default: off; known files and .yaml only)")  # fmt: skip
-    models.add_argument(
-        "--device",
-        default=PipelineSpec.device,
-        help="cpu, cuda, cuda:1, ... (default: cuda if present)",
-    )
-    models.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=PoseStageConfig.backend,
-        help="how the pose network runs",
-    )
-    models.add_argument(
-        "--half", action="store_true", help="fp16 on CUDA for the pose network and detector"
-    )
-    models.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=PoseStageConfig.precision,
-        help="arithmetic of both networks: auto = bf16 on a CPU with AMX / AVX512-BF16, fp16 on "
-        "CUDA with --half, else fp32",
-    )
-    models.add_argument(
-        "--batch-size",
-        type=COUNT,
-        default=PipelineConfig.batch_size,
-        help="frames of a file that go through the detector and the pose network together",
-    )
+                        "in it (default: off; known files and .yaml only)")
+    models.add_argument("--device", default=PipelineSpec.device,
+                        help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+    models.add_argument("--backend", choices=BACKENDS, default=pose.backend,
+                        help="how the pose network runs")
+    models.add_argument("--half", action="store_true",
+                        help="fp16 on CUDA for the pose network and detector")
+    models.add_argument("--precision", choices=PRECISIONS, default=pose.precision,
+                        help="arithmetic of both networks: auto = bf16 on a CPU with AMX / "
+                        "AVX512-BF16, fp16 on CUDA with --half, else fp32")
+    models.add_argument("--batch-size", type=COUNT, default=pipe.batch_size, help="frames of a "
+                        "file that go through the detector and the pose network together")
     refine = parser.add_argument_group("refinement (paper Sec. 5)")
     refine.add_argument("--no-flip", action="store_true", help="turn the flip test off (faster)")
-    refine.add_argument(
-        "--decoder",
-        choices=DECODE_METHODS,
-        default=PoseStageConfig.decoder,
-        help="sub-pixel decoder (SOA)",
-    )
-    refine.add_argument(
-        "--blur",
-        type=number(int, 0, odd_or_zero=True),
-        default=PoseStageConfig.blur_kernel,
-        help="Gaussian filter size on heatmaps (GF); 0 = off",
-    )
-    refine.add_argument(
-        "--ssp-alpha",
-        type=number(),
-        help="sub-pixel shift of flipped heatmaps; default: the model's",
-    )
-    refine.add_argument(
-        "--nms",
-        choices=NMS_METHODS,
-        default=PipelineConfig.nms,
-        help="merging of duplicate detections",
-    )
-    refine.add_argument(
-        "--nms-threshold",
-        type=FRACTION,
-        default=PipelineConfig.nms_threshold,
-        help="OKS above which two poses count as one person (lower merges more)",
-    )
+    refine.add_argument("--decoder", choices=DECODE_METHODS, default=pose.decoder,
+                        help="sub-pixel decoder (SOA)")
+    refine.add_argument("--blur", type=number(int, 0, odd_or_zero=True), default=pose.blur_kernel,
+                        help="Gaussian filter size on heatmaps (GF); 0 = off")
+    refine.add_argument("--ssp-alpha", type=number(),
+                        help="sub-pixel shift of flipped heatmaps; default: the model's")
+    refine.add_argument("--nms", choices=NMS_METHODS, default=pipe.nms,
+                        help="merging of duplicate detections")
+    refine.add_argument("--nms-threshold", type=FRACTION, default=pipe.nms_threshold,
+                        help="OKS above which two poses count as one person (lower merges more)")
     detect = parser.add_argument_group("detection")
-    detect.add_argument(
-        "--det-every",
-        type=COUNT,
-        default=PipelineConfig.det_every,
-        help="run the detector every N frames: a file's frames in between take boxes "
-        "interpolated from the detections on either side, a camera's boxes predicted from its "
-        f"tracks (default: every {FILE_DET_EVERY} frames for a file, every frame for a camera)",
-    )
-    detect.add_argument(
-        "--det-conf",
-        type=FRACTION,
-        default=DetectorConfig.conf,
-        help="detector confidence threshold",
-    )
-    detect.add_argument(
-        "--det-iou", type=FRACTION, default=DetectorConfig.iou, help="detector NMS IoU threshold"
-    )
-    detect.add_argument(
-        "--det-max", type=COUNT, default=DetectorConfig.max_det, help="most people per frame"
-    )
-    detect.add_argument(
-        "--min-score",
-        type=FRACTION,
-        default=PipelineConfig.min_pose_score,
-        help="drop people scored below this (detector score x mean confident keypoint score)",
-    )
-    detect.add_argument(
-        "--det-size",
-        type=number(int, 32, multiple_of=32),
-        help="detector input size (multiple of 32); default: the size its weights were trained "
-        "at (640 for the COCO YOLO models)",
-    )
+    detect.add_argument("--det-every", type=COUNT, default=pipe.det_every,
+                        help="run the detector every N frames: a file's frames in between take "
+                        "boxes interpolated from the detections on either side, a camera's boxes "
+                        f"predicted from its tracks (default: every {FILE_DET_EVERY} frames for a "
+                        "file, every frame for a camera)")
+    detect.add_argument("--det-conf", type=FRACTION, default=det.conf,
+                        help="detector confidence threshold")
+    detect.add_argument("--det-iou", type=FRACTION, default=det.iou, help="detector NMS IoU "
+                        "threshold")
+    detect.add_argument("--det-max", type=COUNT, default=det.max_det, help="most people per frame")
+    detect.add_argument("--min-score", type=FRACTION, default=pipe.min_pose_score, help="drop "
+                        "people scored below this (detector score x mean confident keypoint score)")
+    detect.add_argument("--det-size", type=number(int, 32, multiple_of=32), help="detector input "
+                        "size (multiple of 32); default: the size its weights were trained at (640"
+                        " for the COCO YOLO models)")
     if not temporal:
         parser.set_defaults(temporal="none")
         return
     track = parser.add_argument_group("tracking")
-    track.add_argument(
-        "--temporal",
-        choices=TEMPORAL_METHODS,
-        default=TemporalConfig.method,
-        help="temporal fusion across frames",
-    )
+    track.add_argument("--temporal", choices=TEMPORAL_METHODS, default=TemporalConfig().method,
+                       help="temporal fusion across frames")
+    # fmt: on
 
 
 def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
