@@ -369,7 +369,8 @@ def test_imported_heatmap_mappings_decode_to_the_true_image_point(mapping, flip_
     # measured 4e-5 image px, float32 rounding of the image coordinates
     assert (plain[..., :2].double() - truth).abs().max() < 1e-3
     flipped = decode_poses(predicted, EvalConfig(flip=True, decoder="dark"), pose).keypoints
-    # SSP's alpha 0.75 re-aligns msra's mirrored maps to 0.022 crop px (see test_engine).
+    # SSP's alpha 0.75 re-aligns msra's mirrored maps to 0.022 crop px
+    # (see tests/realtime/pose/test_estimator.py).
     in_crop_px = (flipped[..., :2].double() - truth) * 192 / scale[:, None, :1]
     assert in_crop_px.abs().max() < (0.03 if mapping == "msra" else 1e-3)
     if mapping == "msra":

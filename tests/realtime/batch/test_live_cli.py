@@ -26,7 +26,7 @@ from ui_server import tiny_checkpoint
 from realtime.batch import live
 from realtime.samples import SYNTHETIC_WALK
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL_FLAGS = ["--detector", "yolo11n.yaml", "--det-conf", "0", "--det-max", "3",
                "--det-size", "320", "--min-score", "0", "--device", "cpu"]  # fmt: skip
 STATS = r"(\d+) frames received, (\d+) processed, (\d+) dropped; latency capture to JSON line"

@@ -34,7 +34,7 @@ from realtime.temporal.fusion import TemporalConfig
 ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPEC = PipelineSpec(device="cpu")
 ONE_CPU = RayOptions(cpus_per_worker=1)  # two workers on the two CPUs, one torch thread each
 LENGTHS = {"a": 2, "b": 10, "c": 5, "d": 3}  # frames: uneven clips

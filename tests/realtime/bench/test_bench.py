@@ -36,7 +36,7 @@ from realtime.weights.manifest import WEIGHTS_DIR  # noqa: E402
 from realtime.weights.recommended import DEMO_NOTICE  # noqa: E402
 from train.synthetic.videos import VideoConfig, generate_video  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

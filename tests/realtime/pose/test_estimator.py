@@ -13,7 +13,7 @@ from realtime.pose.estimator import PoseEstimator
 
 SIZE = (128, 96)
 POSE = PoseConfig("ccm_mobilenetv2", input_size=SIZE)
-DEMO_POSE = Path(__file__).parents[2] / "weights" / "demo-ccm-mobilenetv2-128x96.safetensors"
+DEMO_POSE = Path(__file__).parents[3] / "weights" / "demo-ccm-mobilenetv2-128x96.safetensors"
 
 
 def engine(backend="eager", **kw) -> PoseEstimator:

@@ -280,7 +280,7 @@ def test_configure_offline_keeps_torch_threads_and_the_users_omp_setting(
     offline = subprocess.run(
         [sys.executable, "-c", "from realtime.offline import configure_offline\n"
          "configure_offline()\n" + probe],
-        env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+        env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[3],
     )  # fmt: skip
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout.split() == plain.stdout.split()

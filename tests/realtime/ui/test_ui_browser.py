@@ -31,7 +31,7 @@ from realtime.ui.page import UiConfig, build_ui, serve
 sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SAMPLE = Path(__file__).resolve().parents[2] / "realtime" / "samples" / "synthetic_walk.mp4"
+SAMPLE = Path(__file__).resolve().parents[3] / "realtime" / "samples" / "synthetic_walk.mp4"
 CAMERA_SIZE = (480, 270)
 LONG_NAME = "ccm_mobilenetv2_coco_aic_distilled_256x192_softnms_checkpoint_v2.safetensors"
 

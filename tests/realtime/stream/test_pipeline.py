@@ -25,7 +25,7 @@ POSE = PoseConfig("ccm_mobilenetv2", input_size=(128, 96))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 POINTS = [(120.3, 150.6), (300.8, 200.2), (401.5, 95.0)]
 
 
