@@ -40,7 +40,6 @@ from realtime.batch.usage import (  # noqa: E402
     add_output_arguments,
     check_device,
     install_signal_handlers,
-    number,
 )
 from realtime.bench.config import parse_buckets  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
@@ -48,6 +47,7 @@ from realtime.stream.flags import (  # noqa: E402
     COUNT,
     VERBOSE_HELP,
     add_pipeline_arguments,
+    number,
     pipeline_options,
 )
 from realtime.ui.settings import UiConfig  # noqa: E402

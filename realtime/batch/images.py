@@ -31,8 +31,8 @@ from realtime.batch.inputs import InputFile
 from realtime.batch.report import describe
 from realtime.batch.videos import Renderer
 from realtime.io.frames import Frame
+from realtime.io.images import read_image
 from realtime.io.sinks import CocoResultsWriter, ImagePosesWriter, write_image, write_json
-from realtime.io.sources import read_image
 from realtime.stream.pipeline import PosePipeline
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from realtime.io.sources import IMAGE_SUFFIXES, natural_key
+from realtime.io.images import IMAGE_SUFFIXES, natural_key
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ExpandedInputs", "InputFile", "expand_inputs"]
 

@@ -7,7 +7,7 @@ counted, reopened when it drops or stalls) read by a thread of its own, which ha
 to one `ServingWorker`: the worker puts the newest frames of all sources through the detector
 and the pose network together, and never waits long for a source that sends nothing, so a slow
 or dead source does not hold back the others. Each source has its own tracks (`StreamState`)
-and its own outputs (`realtime.io.segments.LiveSegment`): `OUT/<source>-<UTC start>.jsonl`,
+and its own outputs (`realtime.batch.segments.LiveSegment`): `OUT/<source>-<UTC start>.jsonl`,
 flushed per frame, and `.mp4`, finished when the run stops (end of stream, Ctrl-C, SIGTERM, q
 or Esc in a `--show` window), every `segment_s` seconds, and when the frame size changes.
 
@@ -33,10 +33,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from realtime.batch.segments import LiveSegment
 from realtime.batch.usage import Interrupted, UsageError, check_out_dir, load_pipeline
 from realtime.io.atomic_files import remove_stale_parts
 from realtime.io.live import LiveOptions, LiveSource, is_live_spec
-from realtime.io.segments import LiveSegment
 from realtime.render import render_frame
 from realtime.stream.assemble import PipelineSpec
 from realtime.stream.serving import EngineKey, PipelineCache, ServingWorker

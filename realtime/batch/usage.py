@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 from realtime.batch.report import describe
@@ -55,43 +53,6 @@ def install_signal_handlers() -> dict[int, object]:
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)
     return previous
-
-
-def number(
-    kind: type[int] | type[float] = float,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    odd_or_zero: bool = False,
-    multiple_of: int | None = None,
-) -> Callable[[str], int | float]:
-    """An argparse `type` that reads a finite number in [low, high] (either end may be open),
-    so a bad value stops at parse time with the flag's name (`argument --min-score: ...`)."""
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a{'n integer' if kind is int else ' number'}"
-            ) from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if (low is not None and value < low) or (high is not None and value > high):
-            span = (
-                f"in [{low}, {high}]"
-                if low is not None and high is not None
-                else (f">= {low}" if low is not None else f"<= {high}")
-            )
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {span}")
-        if odd_or_zero and value != 0 and value % 2 == 0:
-            raise argparse.ArgumentTypeError(f"{text} is even: must be odd (or 0 = off)")
-        if multiple_of and value % multiple_of:
-            raise argparse.ArgumentTypeError(f"{text} is not a multiple of {multiple_of}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, resumable: bool) -> None:

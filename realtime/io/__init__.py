@@ -7,8 +7,9 @@ camera or a stream URL as a threaded `FrameSource` (`sources.py`, on `frames.py`
 """
 
 from realtime.io.frames import Frame, FrameSource, FrameStream, IncompleteVideoError, SourceInfo
+from realtime.io.images import read_image
 from realtime.io.sinks import CocoResultsWriter, ImagePosesWriter, JsonlWriter, Mp4Writer
-from realtime.io.sources import open_source, read_image
+from realtime.io.sources import open_source
 
 __all__ = [
     "CocoResultsWriter",

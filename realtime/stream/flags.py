@@ -4,11 +4,12 @@ they make. Every default is the stage config's own, so the flags and the Python 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 from ccm.nms import NMS_METHODS
 from ccm.refine import DECODE_METHODS
-from realtime.batch.usage import number
 from realtime.detect.detector import DetectorConfig
 from realtime.device import resolve_device
 from realtime.pose.config import BACKENDS, PRECISIONS, PoseStageConfig
@@ -16,6 +17,44 @@ from realtime.stream.assemble import PipelineSpec
 from realtime.stream.pipeline import FILE_DET_EVERY, PipelineConfig
 from realtime.temporal.fusion import METHODS as TEMPORAL_METHODS
 from realtime.temporal.fusion import TemporalConfig
+
+
+def number(
+    kind: type[int] | type[float] = float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    odd_or_zero: bool = False,
+    multiple_of: int | None = None,
+) -> Callable[[str], int | float]:
+    """An argparse `type` that reads a finite number in [low, high] (either end may be open),
+    so a bad value stops at parse time with the flag's name (`argument --min-score: ...`)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a{'n integer' if kind is int else ' number'}"
+            ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = (
+                f"in [{low}, {high}]"
+                if low is not None and high is not None
+                else (f">= {low}" if low is not None else f"<= {high}")
+            )
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {span}")
+        if odd_or_zero and value != 0 and value % 2 == 0:
+            raise argparse.ArgumentTypeError(f"{text} is even: must be odd (or 0 = off)")
+        if multiple_of and value % multiple_of:
+            raise argparse.ArgumentTypeError(f"{text} is not a multiple of {multiple_of}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
 
 FRACTION, COUNT = number(float, 0, 1), number(int, 1)  # flag types: checked at parse time
 VERBOSE_HELP = "log debug messages, and show the traceback of any error (default: off)"

@@ -26,7 +26,7 @@ from PIL import Image
 
 from realtime.batch.videos import process_video
 from realtime.io.frames import Frame, rgb_image
-from realtime.io.sources import read_image
+from realtime.io.images import read_image
 from realtime.render import render_frame
 from realtime.stream.serving import PipelineCache, ServedStream, ServerBusy, ServingWorker
 from realtime.stream.state import StreamState

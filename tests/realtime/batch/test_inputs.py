@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from realtime.batch.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs
-from realtime.io.sources import natural_key
+from realtime.io.images import natural_key
 
 
 def _touch(root: Path, *names: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from realtime.io.image_header import max_image_pixels
-from realtime.io.sources import read_image
+from realtime.io.images import read_image
 
 
 def _png_header(path: Path, width: int, height: int) -> Path:

@@ -19,9 +19,9 @@ from streams import free_port, serve, stop, to_transport_stream, wait_listening
 
 from ccm.poses import FramePoses
 from realtime.batch.live import live_specs, source_slug
+from realtime.batch.segments import LiveSegment
 from realtime.io.frames import Frame
 from realtime.io.live import Gap, LiveOptions, LiveSource, is_live_spec
-from realtime.io.segments import LiveSegment
 from realtime.samples import SYNTHETIC_WALK
 from realtime.stream.results import FrameResult
 

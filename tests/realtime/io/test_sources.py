@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 
 from realtime.io.frames import FrameSource, IncompleteVideoError
-from realtime.io.sources import (
-    CameraSource,
-    ImageFolderSource,
-    VideoSource,
-    open_source,
-    read_image,
-)
+from realtime.io.images import ImageFolderSource, read_image
+from realtime.io.sources import CameraSource, VideoSource, open_source
 from realtime.samples import VTEST_SHORT
 
 CLIP_FRAMES = 50
