@@ -198,7 +198,7 @@ def test_half_and_tensorrt_flags_build_a_cuda_engine_config():
                 [command, "--device", "cuda", "--half", "--backend", backend]
             )
             options = app.pipeline_options(args)
-            assert (options.device, options.engine.device) == ("cuda", "cuda")
+            assert (options.device, options.engine.device) == ("cuda", "cuda:0")  # the first GPU
             assert options.engine.resolved_precision == "fp16"
             assert options.engine.backend == backend and options.detection.half
     on_cpu = app.pipeline_options(app.parser().parse_args(["video", "--device", "cpu", "--half"]))

@@ -192,7 +192,7 @@ def test_images_in_chunks_come_out_as_the_single_process_run(
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
     out, single = tmp_path / "out", tmp_path / "single"
     said: list[str] = []
-    monkeypatch.setattr("realtime.batch.cli._say", said.append)
+    monkeypatch.setattr("realtime.batch.cli.say", said.append)
     code = run_images([photos], out, SPEC, ray=ONE_CPU)
     assert code == 1
     assert said[-2] == f"1 of 5 inputs failed: {photos / 'broken.png'}"

@@ -175,7 +175,11 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(app, tmp_path):
 
 
 def test_a_held_place_is_kept_however_quiet_until_it_is_ended():
-    worker = ServingWorker(engines=None, max_streams=1, live_s=0.0)  # type: ignore[arg-type]
+    class NoEngines:  # places only: no frame is served
+        def warm_up_here(self) -> None:
+            pass
+
+    worker = ServingWorker(NoEngines(), max_streams=1, live_s=0.0)  # type: ignore[arg-type]
     try:
         worker.open_stream(1)
         with pytest.raises(ServerBusy):
