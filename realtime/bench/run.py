@@ -185,7 +185,7 @@ def run_benchmark(
     stage_config = dataclasses.replace(
         base.config, sync_timing=latency_mode or base.config.sync_timing
     )
-    bench = PosePipeline(base.detector, base.estimator, base.temporal, stage_config)
+    bench = base.sharing_models(config=stage_config, temporal=base.temporal)
     bench.reset()
     run = _latency if latency_mode else _throughput
     graphs = compiled_graphs()  # the pose stage is built and warmed up: nothing more to compile

@@ -99,6 +99,19 @@ class PosePipeline:
     def temporal(self) -> TemporalStage | None:
         return self.state.temporal
 
+    def sharing_models(
+        self,
+        estimator: PoseEstimator | None = None,
+        config: PipelineConfig | None = None,
+        temporal: TemporalStage | None = None,
+    ) -> PosePipeline:
+        """Another pipeline on this one's loaded models (the detector; the estimator unless one
+        is given) with its own `config` (default: this one's) and temporal stage, and a stream
+        of its own: nothing is loaded again."""
+        return PosePipeline(
+            self.detector, estimator or self.estimator, temporal, config or self.config
+        )
+
     def new_stream(self, temporal: TemporalStage | None = None, det_every: int | None = None):
         """A fresh `StreamState` for another stream through the same models."""
         return StreamState(det_every or self.config.det_every or 1, temporal)

@@ -33,7 +33,7 @@ from ccm.checkpoint import load_checkpoint
 from realtime.io.frames import Frame
 from realtime.pose.config import PoseStageConfig
 from realtime.pose.estimator import PoseEstimator
-from realtime.stream.pipeline import PipelineConfig, PosePipeline
+from realtime.stream.pipeline import PosePipeline
 from realtime.stream.results import FrameResult
 from realtime.stream.state import StreamState
 
@@ -56,13 +56,13 @@ class PipelineCache:
     def __init__(self, pipeline: PosePipeline, pose_path: Path, capacity: int = 3) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._models = pipeline.sharing_models()  # the detector and the first engine
         self.detector = pipeline.detector
         self.config: PipelineConfig = pipeline.config
         self.capacity = capacity
         self.base = EngineKey(Path(pose_path).resolve(), pipeline.estimator.config)
         self._pipelines: OrderedDict[EngineKey, PosePipeline] = OrderedDict()
-        first = PosePipeline(self.detector, pipeline.estimator, None, self.config)
-        self._pipelines[self.base] = first
+        self._pipelines[self.base] = self._models
 
     def key(self, pose: Path, flip_test: bool, decoder: str) -> EngineKey:
         """The engine for a checkpoint with these refinement settings (startup settings else)."""
@@ -94,7 +94,7 @@ class PipelineCache:
             model, pose = load_checkpoint(key.pose)
             logger.info("pose model: %s (%s, input %s)", key.pose, pose.arch, pose.input_size)
             estimator = PoseEstimator(model, pose, key.config)
-        pipeline = PosePipeline(self.detector, estimator, None, self.config)
+        pipeline = self._models.sharing_models(estimator)
         self._pipelines[key] = pipeline
         while len(self._pipelines) > self.capacity:
             dropped, _ = self._pipelines.popitem(last=False)
