@@ -33,7 +33,7 @@ from ccm.checkpoint import load_checkpoint
 from realtime.io.frames import Frame
 from realtime.pose.config import PoseStageConfig
 from realtime.pose.estimator import PoseEstimator
-from realtime.stream.pipeline import PosePipeline
+from realtime.stream.pipeline import PipelineConfig, PosePipeline
 from realtime.stream.results import FrameResult
 from realtime.stream.state import StreamState
 
