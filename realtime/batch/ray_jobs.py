@@ -132,11 +132,11 @@ def run_images_on_ray(
     options: PipelineSpec,
     ray_options: RayOptions,
     say: Callable[[str], None],
-    render: Renderer = render_frame,
 ) -> int:
-    """Every image of `files` posed on its own, in chunks on Ray; the outputs of
-    `realtime.batch.images.process_images`. `failed` holds the arguments that gave nothing
-    (their lines are said already); `options` have temporal fusion off. Returns the exit code."""
+    """Every image of `files` posed on its own and drawn (`render_frame`), in chunks on Ray; the
+    outputs of `realtime.batch.images.process_images`. `failed` holds the arguments that gave
+    nothing (their lines are said already); `options` have temporal fusion off. Returns the
+    exit code."""
     total = len(failed) + len(files)
     posed = seen = 0
     try:
@@ -145,7 +145,7 @@ def run_images_on_ray(
             tqdm(total=len(files), desc="images", unit="image") as bar,
             ImageResultsWriter(out) as writer,
         ):
-            pool = WorkerPool(options, ray_options, len(files), out, render)
+            pool = WorkerPool(options, ray_options, len(files), out, render_frame)
             size = max(1, min(MAX_CHUNK, math.ceil(len(files) / (4 * pool.size))))
             jobs = [
                 Job(k, list(files[i : i + size])) for k, i in enumerate(range(0, len(files), size))
