@@ -50,6 +50,9 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     return file.write(lambda fh: fh.write(data.tobytes()))
 
 
+ENCODER_THREADS = 2
+
+
 class Mp4Writer(WholeOrNothing):
     """H.264 (libx264, yuv420p, BT.709) mp4 at the source's frame rate, audio copied as is.
 
@@ -125,6 +128,9 @@ class Mp4Writer(WholeOrNothing):
         stream.codec_context.color_primaries = av.video.reformatter.ColorPrimaries.BT709
         stream.codec_context.color_trc = av.video.reformatter.ColorTrc.BT709
         stream.options = {"crf": str(self._crf), "preset": self._preset}
+        # x264 cuts each frame into one slice per thread, so the bytes depend on the count: a
+        # fixed count writes the same file for the same input on any machine or worker.
+        stream.codec_context.thread_count = ENCODER_THREADS
         if width % 2 or height % 2:
             log.info(
                 "%s: padding %dx%d to even %dx%d for yuv420p",
