@@ -25,7 +25,6 @@ from realtime.batch.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_inputs
 from realtime.batch.ray_jobs import run_videos_on_ray
 from realtime.batch.ray_pool import RayOptions
 from realtime.batch.usage import load_pipeline
-from realtime.batch.videos import process_video
 from realtime.render import render_frame
 from realtime.samples import SYNTHETIC_WALK
 from realtime.stream.assemble import PipelineSpec
@@ -83,13 +82,35 @@ def clips(tmp_path_factory, walk_frames) -> Path:
     return folder
 
 
+_SINGLE_PROCESS = """
+import sys
+from pathlib import Path
+
+import torch
+
+from realtime.batch.usage import load_pipeline
+from realtime.batch.videos import process_video
+from realtime.render import render_frame
+from realtime.stream.assemble import PipelineSpec
+
+torch.set_num_threads(1)
+out, clips, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+pipeline = load_pipeline(PipelineSpec(device="cpu"))
+steady = lambda frame, poses, *_, **__: render_frame(frame, poses)  # noqa: E731
+for name in names:
+    report = process_video(clips / f"{name}.mp4", out, pipeline, steady)
+    assert report.error is None, report.error
+"""
+
+
 @pytest.fixture(scope="module")
-def single_process(clips, tmp_path_factory, one_thread) -> Path:
-    """The outputs of the single-process `process_video`, one torch thread."""
+def single_process(clips, tmp_path_factory) -> Path:
+    """The outputs of the single-process `process_video`, one torch thread, in a process of its
+    own as a Ray worker has (this one's oneDNN state is whatever the tests before left)."""
     out = tmp_path_factory.mktemp("single")
-    pipeline = load_pipeline(SPEC)
-    for name in LENGTHS:
-        assert process_video(clips / f"{name}.mp4", out, pipeline, steady_render).error is None
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", _SINGLE_PROCESS, str(out), str(clips), *LENGTHS]
+    subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True, timeout=600)
     return out
 
 
