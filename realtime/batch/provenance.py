@@ -72,3 +72,13 @@ def earlier_outputs(current: dict[str, object] | None, video: Path, jsonl: Path)
     if recorded is None:
         return "other", "a file of unknown origin"
     return "other", f"another file, {recorded.get('name', '?')} ({recorded.get('size', '?')} bytes)"
+
+
+def done_before(source: Path, video: Path, jsonl: Path) -> bool:
+    """Whether both outputs are there and the video records this very input: what
+    `--skip-existing` skips (`process_video` makes the same test on its way)."""
+    try:
+        current = source_fingerprint(source)
+    except OSError:
+        return False  # processing it says what is wrong
+    return jsonl.is_file() and earlier_outputs(current, video, jsonl)[0] == "same"

@@ -31,7 +31,7 @@ from realtime.batch.images import (
     interrupted_line,
 )
 from realtime.batch.inputs import InputFile
-from realtime.batch.provenance import earlier_outputs, source_fingerprint
+from realtime.batch.provenance import done_before
 from realtime.batch.ray_pool import Job, Lost, RayOptions, WorkerPool, connect
 from realtime.batch.report import failed_summary, file_size
 from realtime.batch.usage import Interrupted
@@ -67,7 +67,7 @@ def run_videos_on_ray(
     todo: list[InputFile] = []
     for item in inputs:
         video, jsonl = output_paths(item.name, out)
-        if skip_existing and _done_before(item.path, video, jsonl):  # no worker needed
+        if skip_existing and done_before(item.path, video, jsonl):  # no worker needed
             rows.append((str(item.path), None))
             say(VideoReport(item.path, video, jsonl, skipped=True).line())
         else:
@@ -187,14 +187,6 @@ def _interrupted(err: KeyboardInterrupt) -> Interrupted:
     """The signal that stopped the command; a bare KeyboardInterrupt (Ray raises one for a
     signal that arrives while it waits) is Ctrl-C."""
     return err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
-
-
-def _done_before(source: Path, video: Path, jsonl: Path) -> bool:
-    """Whether `video` and `jsonl` hold this very input's results (`realtime.batch.provenance`)."""
-    try:
-        return earlier_outputs(source_fingerprint(source), video, jsonl)[0] == "same"
-    except OSError:
-        return False  # a worker says what is wrong with it
 
 
 def _output_names(name: str, out: Path) -> tuple[Path, ...]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ccm.checkpoint import load_checkpoint
+from realtime.detect.detector import Detector
 from realtime.io.frames import Frame
 from realtime.pose.config import PoseStageConfig
 from realtime.pose.estimator import PoseEstimator
@@ -57,12 +58,18 @@ class PipelineCache:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self._models = pipeline.sharing_models()  # the detector and the first engine
-        self.detector = pipeline.detector
-        self.config: PipelineConfig = pipeline.config
         self.capacity = capacity
         self.base = EngineKey(Path(pose_path).resolve(), pipeline.estimator.config)
         self._pipelines: OrderedDict[EngineKey, PosePipeline] = OrderedDict()
         self._pipelines[self.base] = self._models
+
+    @property
+    def detector(self) -> Detector:
+        return self._models.detector
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self._models.config
 
     def key(self, pose: Path, flip_test: bool, decoder: str) -> EngineKey:
         """The engine for a checkpoint with these refinement settings (startup settings else)."""

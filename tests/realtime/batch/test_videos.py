@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ccm.poses import FramePoses
+from realtime.batch.provenance import done_before
 from realtime.batch.report import describe
 from realtime.batch.videos import output_paths, partial_paths, process_video
 from realtime.render import render_frame
@@ -289,3 +290,20 @@ def test_an_injected_enospc_at_either_writer_leaves_no_file(tmp_path, make_clip,
     report = process_video(clip, tmp_path / "b", SquareFinder(), render_frame)
     assert report.error.startswith("no space left on the file system mounted at ")
     assert _leftovers(tmp_path / "b") == []  # the JSONL's temporary file too
+
+
+def test_done_before_asks_for_both_outputs_of_this_very_input(tmp_path: Path, make_clip):
+    # What a Ray driver skips without starting a worker: the same answer process_video gives.
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = make_clip(tmp_path / "a" / "clip.mp4", frames=3)
+    second = make_clip(tmp_path / "b" / "clip.mp4", frames=5)
+    out = tmp_path / "out"
+    assert process_video(first, out, SquareFinder(), render_frame).error is None
+    video, jsonl = output_paths("clip", out)
+    assert done_before(first, video, jsonl)
+    assert not done_before(second, video, jsonl)  # another file's results
+    assert not done_before(tmp_path / "missing.mp4", video, jsonl)
+    jsonl.unlink()
+    assert not done_before(first, video, jsonl)  # half the outputs: not done
+    redone = process_video(first, out, SquareFinder(), render_frame, skip_existing=True)
+    assert not redone.skipped and redone.frames == 3 and done_before(first, video, jsonl)
