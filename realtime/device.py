@@ -8,6 +8,10 @@ from pathlib import Path
 
 import torch
 
+# Torch's thread count when `realtime` was first imported (cores, or OMP_NUM_THREADS): what the
+# benchmark's YOLO-pose reference runs with, whatever the pipeline set afterwards.
+TORCH_THREADS = torch.get_num_threads()
+
 
 def resolve_device(device: str | None) -> torch.device:
     """`device`, or the first CUDA GPU when None or "auto" and one exists, else the CPU; a bare

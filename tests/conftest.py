@@ -8,6 +8,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Each test starts with the process's torch thread count: a pipeline with both networks on
+    OpenVINO sets PyTorch to one thread for the process."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a test module, restored afterwards.

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ccm.refine import DECODE_METHODS
 from realtime.device import resolve_precision
+from realtime.openvino_runtime import openvino_available
 
-BACKENDS = ("eager", "compile", "tensorrt")
+BACKENDS = ("auto", "eager", "compile", "tensorrt", "openvino")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -18,9 +19,10 @@ class PoseStageConfig:
     """How to run the pose network. `flip_alpha` None takes the checkpoint's SSP alpha.
 
     `precision`: "fp32", "fp16" (CUDA; weights in fp16), "bf16" (autocast) or "auto"
-    (`resolve_precision`); `half` is the same as "fp16"."""
+    (`resolve_precision`); `half` is the same as "fp16". `backend` "auto" is `openvino` on the
+    CPU (where the package is installed) and `eager` on CUDA (`resolved_backend`)."""
 
-    backend: str = "eager"
+    backend: str = "auto"
     device: str = "cpu"
     half: bool = False
     precision: str = "auto"
@@ -44,9 +46,17 @@ class PoseStageConfig:
             raise ValueError("fp16 needs a CUDA device")
         if self.backend == "tensorrt" and not str(self.device).startswith("cuda"):
             raise ValueError("the tensorrt backend needs a CUDA device")
+        if self.backend == "openvino" and str(self.device) != "cpu":
+            raise ValueError(f"the openvino backend runs on the CPU, not {self.device}")
         buckets = list(self.batch_buckets)
         if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
             raise ValueError(f"batch buckets must be increasing and >= 1, got {self.batch_buckets}")
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "openvino" if str(self.device) == "cpu" and openvino_available() else "eager"
 
     @property
     def resolved_precision(self) -> str:

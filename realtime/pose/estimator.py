@@ -4,10 +4,11 @@
     keypoints = estimator(images, boxes, batch_index)   # (N, K, 3) x, y, score in image pixels
 
 `PoseEstimator` owns everything between the detector and the poses: batched crops (and their
-mirror images for the flip test, in the same batch), the network on one of three backends, and
+mirror images for the flip test, in the same batch), the network on one of four backends, and
 the one `ccm.codec.HeatmapCodec` chain from heatmaps to image keypoints. The backends are `eager`,
-`compile` (torch.compile; CUDA graphs on GPU) and `tensorrt` (`realtime.pose.tensorrt`: one
-engine with a dynamic batch profile, cached on disk). People are run in chunks of at most the
+`compile` (torch.compile; CUDA graphs on GPU), `tensorrt` (`realtime.pose.tensorrt`: one
+engine with a dynamic batch profile, cached on disk) and `openvino` (`realtime.openvino_runtime`,
+the CPU's default). People are run in chunks of at most the
 largest bucket, each padded up to a fixed bucket, so a compiled graph never meets a new shape;
 compiled backends warm every bucket up when they are built, so nothing compiles mid-stream.
 
@@ -47,14 +48,13 @@ Lap = Callable[[str], None]  # a stage timer's `lap(stage)`
 class _Decoder(nn.Module):
     """The codec chain as a module, so the compiled backends trace it as one graph."""
 
-    def __init__(self, codec, flip_test: bool) -> None:
+    def __init__(self, codec) -> None:
         super().__init__()
         self.codec = codec
-        self.flip_test = flip_test
 
-    def forward(self, heatmaps: Tensor, center: Tensor, scale: Tensor) -> Tensor:
+    def forward(self, heatmaps: Tensor, center: Tensor, scale: Tensor, flip: bool) -> Tensor:
         flipped = None
-        if self.flip_test:
+        if flip:
             half = heatmaps.shape[0] // 2
             heatmaps, flipped = heatmaps[:half], heatmaps[half:]
         return self.codec.to_image(heatmaps, center, scale, flipped)
@@ -84,28 +84,21 @@ class PoseEstimator:
         shape = (1, 3, 1, 1)
         self._mean = (torch.tensor(IMAGENET_MEAN) * 255).view(shape).to(self.device)
         self._std = (torch.tensor(IMAGENET_STD) * 255).view(shape).to(self.device)
+        self.backend = config.resolved_backend
         network = _inference_copy(model, pose, self.device, self.dtype)
         self.folded = not any(isinstance(m, nn.BatchNorm2d) for m in network.modules())
-        self._autocast = self.precision == "bf16"
-        if self.precision == "bf16" and self.folded:
-            # With no batch norm left, bf16 weights and activations lose nothing autocast keeps,
-            # and skip its per-call weight casts (a third faster on an AMX CPU).
-            self.dtype, self._autocast = torch.bfloat16, False
-            network = network.to(self.dtype)
-        # oneDNN's fast convolutions are channels-last, and so are cuDNN's fp16 tensor-core ones.
-        network = network.to(memory_format=torch.channels_last)
-        if self.device.type == "cpu":
-            if config.backend == "eager":  # torch.compile fuses on its own
-                example = torch.randn(2, 3, *pose.input_size).to(self.dtype)
-                example = example.contiguous(memory_format=torch.channels_last)
-                network = fuse_activations(network, example)
-        self.fused = any(isinstance(m, FusedConv) for m in network.modules())
-        decoder = _Decoder(self.codec, config.flip_test)
-        if config.backend == "eager":
-            self._network, self._decode = network, decoder
+        # OpenVINO takes float32 NCHW crops and computes in bf16 inside where the CPU has it.
+        self._autocast = self.precision == "bf16" and self.backend != "openvino"
+        self._channels_last = self.backend != "openvino"
+        self.fused = False
+        decoder = _Decoder(self.codec)
+        if self.backend == "openvino":
+            self._network, self._decode = self._openvino(network), decoder
+        elif self.backend == "eager":
+            self._network, self._decode = self._torch_network(network), decoder
         else:
             _allow_recompiles(len(config.batch_buckets))
-            self._network = self._compiled_network(network)
+            self._network = self._compiled_network(self._torch_network(network))
             # On the CPU (no CUDA graphs) one graph with a dynamic batch serves every bucket.
             self._decode = torch.compile(decoder, dynamic=self.device.type == "cpu")
             self.warm_up(progress)
@@ -113,11 +106,11 @@ class PoseEstimator:
     def describe(self) -> dict[str, object]:
         """What runs, as chosen for this device: printed at start, recorded by the benchmark."""
         return {
-            "backend": self.config.backend,
+            "backend": self.backend,
             "device": str(self.device),
             "precision": self.precision,
             "bf16_hardware": cpu_has_bf16() if self.device.type == "cpu" else None,
-            "channels_last": True,
+            "channels_last": self._channels_last,
             "batch_norms_folded": self.folded,
             "activations_fused": self.fused,
             "flip_test": self.config.flip_test,
@@ -130,19 +123,26 @@ class PoseEstimator:
     def graphs_per_thread(self) -> bool:
         """Whether a thread that calls this estimator must warm it up itself: CUDA-graph trees
         (the compile backend on CUDA) are captured per thread."""
-        return self.config.backend == "compile" and self.device.type == "cuda"
+        return self.backend == "compile" and self.device.type == "cuda"
 
     @property
     def crops_per_person(self) -> int:
         return 2 if self.config.flip_test else 1
+
+    def flips(self, flip: bool | None = None) -> bool:
+        """Whether a call with `flip` runs the flip test: the config's choice when None; a call
+        may turn it off for eager and openvino (the compiled backends keep their shapes)."""
+        if flip is None or self.backend not in ("eager", "openvino"):
+            return self.config.flip_test
+        return flip and self.config.flip_test
 
     @property
     def largest_bucket(self) -> int:
         return self.config.batch_buckets[-1]
 
     def bucket_for(self, count: int) -> int:
-        """People a chunk of `count` is padded to (eager runs exactly `count`)."""
-        if self.config.backend == "eager":
+        """People a chunk of `count` is padded to (eager and openvino run exactly `count`)."""
+        if self.backend in ("eager", "openvino"):
             return count
         return next(b for b in self.config.batch_buckets if b >= count)
 
@@ -153,6 +153,7 @@ class PoseEstimator:
         boxes: Tensor,
         counts: Sequence[int] | None = None,
         lap: Lap | None = None,
+        flip: bool | None = None,
     ) -> Tensor:
         """Pose every box.
 
@@ -162,6 +163,7 @@ class PoseEstimator:
                 image 0 first, then those of image 1, ...
             counts: (B,) boxes per image, on the host; None when B is 1.
             lap: a stage timer's `lap`, called after "crop", "pose" and "refine".
+            flip: False skips the flip test this call (see `flips`); None: the config's.
 
         Returns:
             (N, K, 3) float32 x, y in image pixels and the keypoint score; NaN for a person
@@ -176,16 +178,23 @@ class PoseEstimator:
         if not images.is_floating_point() and self.device.type != "cpu":
             images = images.float()
         ends = list(itertools.accumulate(counts))  # host ints: where each image's boxes end
+        flip = self.flips(flip)
         chunks = []
         for start in range(0, len(boxes), self.largest_bucket):
             stop = min(start + self.largest_bucket, len(boxes))
-            chunks.append(self._chunk(images, boxes[start:stop], _segments(ends, start, stop), lap))
+            segments = _segments(ends, start, stop)
+            chunks.append(self._chunk(images, boxes[start:stop], segments, lap, flip))
         if not chunks:
             return torch.zeros(0, self.pose.num_keypoints, 3, device=self.device)
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     def _chunk(
-        self, images: Tensor, boxes: Tensor, segments: list[tuple[int, int]], lap: Lap | None
+        self,
+        images: Tensor,
+        boxes: Tensor,
+        segments: list[tuple[int, int]],
+        lap: Lap | None,
+        flip: bool,
     ) -> Tensor:
         count = len(boxes)
         pad = self.bucket_for(count) - count
@@ -194,20 +203,20 @@ class PoseEstimator:
             boxes = torch.cat((boxes, boxes.new_zeros(pad, 4)))
             image, n = segments[-1]
             segments = [*segments[:-1], (image, n + pad)]
-        crops, center, scale = self._crops(images, boxes, segments)
+        crops, center, scale = self._crops(images, boxes, segments, flip)
         _lap(lap, "crop")
         with autocast(self.device, "bf16" if self._autocast else "fp32"):
             heatmaps = self._network(crops)
-        if self.config.backend == "compile":
+        if self.backend == "compile":
             # CUDA-graph outputs are overwritten by the next replay: take a copy before returning.
             heatmaps = heatmaps.clone()
         _lap(lap, "pose")
-        keypoints = self._decode(heatmaps, center, scale)
+        keypoints = self._decode(heatmaps, center, scale, flip)
         _lap(lap, "refine")
         return keypoints[:count] if pad else keypoints
 
     def _crops(
-        self, images: Tensor, boxes: Tensor, segments: list[tuple[int, int]]
+        self, images: Tensor, boxes: Tensor, segments: list[tuple[int, int]], flip: bool
     ) -> tuple[Tensor, ...]:
         """Normalised crops (B or 2B, 3, H, W) in the network's dtype, and the regions (B, 2).
 
@@ -224,11 +233,12 @@ class PoseEstimator:
                 parts.append(warp_crops(one, None, center[start:stop], scale[start:stop], (h, w)))
                 start = stop
             crops = parts[0] if len(parts) == 1 else torch.cat(parts)  # float32 geometry
-        if self.config.flip_test:
+        if flip:
             # A mirrored crop of a region is the crop mirrored: no second warp needed.
             crops = torch.cat((crops, crops.flip(-1)))
         crops = ((crops - self._mean) / self._std).to(self.dtype)
-        return crops.contiguous(memory_format=torch.channels_last), center, scale
+        layout = torch.channels_last if self._channels_last else torch.contiguous_format
+        return crops.contiguous(memory_format=layout), center, scale
 
     def warm_up(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Run every bucket once, so compiling (and CUDA-graph capture) happens now, not
@@ -239,7 +249,7 @@ class PoseEstimator:
         for done, bucket in enumerate(buckets, start=1):
             logger.info(
                 "warming up the %s pose network: bucket %d/%d (%d people)",
-                self.config.backend, done, len(buckets), bucket,
+                self.backend, done, len(buckets), bucket,
             )  # fmt: skip
             boxes = torch.tensor([[0.0, 0.0, w, h]], device=self.device).expand(bucket, 4)
             for _ in range(2):  # CUDA graphs record on the second call of a shape
@@ -247,8 +257,34 @@ class PoseEstimator:
             if progress is not None:
                 progress(done, len(buckets))
 
+    def _torch_network(self, network: nn.Module) -> nn.Module:
+        """The network as PyTorch runs it fastest here: bf16 weights when asked, channels-last,
+        and on the CPU in eager mode each convolution fused with its activation."""
+        if self.precision == "bf16" and self.folded:
+            # With no batch norm left, bf16 weights and activations lose nothing autocast keeps,
+            # and skip its per-call weight casts (a third faster on an AMX CPU).
+            self.dtype, self._autocast = torch.bfloat16, False
+            network = network.to(self.dtype)
+        # oneDNN's fast convolutions are channels-last, and so are cuDNN's fp16 tensor-core ones.
+        network = network.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu" and self.backend == "eager":  # compile fuses on its own
+            example = torch.randn(2, 3, *self.pose.input_size).to(self.dtype)
+            example = example.contiguous(memory_format=torch.channels_last)
+            network = fuse_activations(network, example)
+        self.fused = any(isinstance(m, FusedConv) for m in network.modules())
+        return network
+
+    def _openvino(self, network: nn.Module) -> nn.Module:
+        from realtime.openvino_runtime import OpenVinoNetwork
+
+        shape = (2 * self.crops_per_person, 3, *self.pose.input_size)
+        return OpenVinoNetwork(
+            network.float(), shape, dynamic=(0,), precision=self.precision,
+            name=f"{self.pose.arch}-pose", cache_dir=self.config.cache_dir,
+        )  # fmt: skip
+
     def _compiled_network(self, network: nn.Module) -> nn.Module:
-        if self.config.backend == "compile":
+        if self.backend == "compile":
             if self.device.type == "cpu":
                 # Weights as constants: inductor pre-packs them for oneDNN (about 2x in bf16).
                 # The batch norms are folded already: inductor's own folding of a transposed

@@ -79,7 +79,12 @@ def build_pipeline(options: PipelineSpec) -> PosePipeline:
     logger.info("pose stage: %s", ", ".join(f"{k} {v}" for k, v in estimator.describe().items()))
     detection = dataclasses.replace(options.detection, device=device, weights=str(detector_weights))
     detector = PersonDetector(detection)
-    logger.info("person detector: %s (%s, input %d)", detection.weights, detector.precision,
-                detector.config.imgsz)  # fmt: skip
+    logger.info("person detector: %s (%s, %s, input %d)", detection.weights, detector.backend,
+                detector.precision, detector.config.imgsz)  # fmt: skip
+    if estimator.backend == "openvino" and detector.backend == "openvino":
+        # Both networks run on OpenVINO's threads; PyTorch's own (crops, refinement, fusion) only
+        # took the cores from them between its short calls (5 to 13 % slower, BENCHMARKS.md).
+        torch.set_num_threads(1)
+        logger.info("both networks on OpenVINO: PyTorch keeps one thread")
     temporal = TemporalFusion(options.temporal) if options.temporal.method != "none" else None
     return PosePipeline(detector, estimator, temporal, options.pipeline)

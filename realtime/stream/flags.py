@@ -10,11 +10,11 @@ from pathlib import Path
 
 from ccm.nms import NMS_METHODS
 from ccm.refine import DECODE_METHODS
-from realtime.detect.detector import DetectorConfig
+from realtime.detect.detector import DETECTOR_BACKENDS, DetectorConfig
 from realtime.device import resolve_device
 from realtime.pose.config import BACKENDS, PRECISIONS, PoseStageConfig
 from realtime.stream.assemble import PipelineSpec
-from realtime.stream.pipeline import FILE_DET_EVERY, PipelineConfig
+from realtime.stream.pipeline import FILE_DET_EVERY, LIVE_FLIPS, PipelineConfig
 from realtime.temporal.fusion import METHODS as TEMPORAL_METHODS
 from realtime.temporal.fusion import TemporalConfig
 
@@ -78,7 +78,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
     models.add_argument("--device", default=PipelineSpec.device,
                         help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     models.add_argument("--backend", choices=BACKENDS, default=pose.backend,
-                        help="how the pose network runs")
+                        help="how the networks run: openvino (both, CPU), eager (PyTorch), compile"
+                        " (torch.compile) or tensorrt (CUDA) for the pose network with a PyTorch "
+                        "detector; auto = openvino on the CPU, eager on CUDA")
     models.add_argument("--half", action="store_true",
                         help="fp16 on CUDA for the pose network and detector")
     models.add_argument("--precision", choices=PRECISIONS, default=pose.precision,
@@ -88,6 +90,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
                         "file that go through the detector and the pose network together")
     refine = parser.add_argument_group("refinement (paper Sec. 5)")
     refine.add_argument("--no-flip", action="store_true", help="turn the flip test off (faster)")
+    refine.add_argument("--live-flip", choices=LIVE_FLIPS, default=pipe.live_flip,
+                        help="which frames of a camera or stream get the flip test: always, "
+                        "between detections (with --det-every > 1), alternate frames, never "
+                        "(each step faster, and less accurate: see BENCHMARKS.md)")
     refine.add_argument("--decoder", choices=DECODE_METHODS, default=pose.decoder,
                         help="sub-pixel decoder (SOA)")
     refine.add_argument("--blur", type=number(int, 0, odd_or_zero=True), default=pose.blur_kernel,
@@ -149,10 +155,12 @@ def pipeline_options(args: argparse.Namespace) -> PipelineSpec:
             max_det=args.det_max,
             half=args.half or args.precision == "fp16",
             precision="auto" if args.precision == "fp16" else args.precision,
+            backend=args.backend if args.backend in DETECTOR_BACKENDS else "torch",
             trust=args.trust,
         ),
         pipeline=PipelineConfig(
             det_every=args.det_every,
+            live_flip=args.live_flip,
             nms=args.nms,
             nms_threshold=args.nms_threshold,
             min_pose_score=args.min_score,

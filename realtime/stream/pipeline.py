@@ -43,7 +43,12 @@ from realtime.stream.results import FrameResult, StageTimer
 from realtime.stream.state import StreamState, plan_detections
 from realtime.temporal.stage import TemporalStage
 
-FILE_DET_EVERY = 3  # det_every None: a file's frames are detected every 3rd, a camera's each
+# det_every None: a file's frames are detected every 3rd (boxes in between interpolated from the
+# detections on either side), a camera's each: boxes predicted from its tracks cost 4 AP on
+# held-out clips (see BENCHMARKS.md, "Live mode on the CPU").
+FILE_DET_EVERY = 3
+LIVE_DET_EVERY = 1
+LIVE_FLIPS = ("always", "between", "alternate", "never")
 
 PeopleHook = Callable[[Frame, Detections], Detections]
 
@@ -51,7 +56,10 @@ PeopleHook = Callable[[Frame, Detections], Detections]
 @dataclass(frozen=True)
 class PipelineConfig:
     """`det_every`: run the detector on every n-th frame of a stream (None: every
-    `FILE_DET_EVERY`-th frame of a file, every frame of a live source);
+    `FILE_DET_EVERY`-th frame of a file, every `LIVE_DET_EVERY`-th of a live source);
+    `live_flip`: which of a live stream's frames get the flip test (when the pose stage has it
+    on): "always", "between" (the frames between detections, so a detected frame, which pays
+    for the detector, skips it), "alternate" (every other frame) or "never";
     `box_keypoint_threshold`: keypoints above it make a camera's boxes between detections;
     `nms`: how duplicate detections of one person merge ("softnms" Eq. (20)-(21), "oks" plain
     OKS-NMS, "none"); `min_pose_score`: people whose score (detector score x mean confident
@@ -61,6 +69,7 @@ class PipelineConfig:
     per-stage times are exact."""
 
     det_every: int | None = None
+    live_flip: str = "always"
     box_keypoint_threshold: float = 0.3
     nms: str = "softnms"
     nms_threshold: float = 0.9
@@ -71,6 +80,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.det_every is not None and self.det_every < 1:
             raise ValueError(f"det_every must be >= 1, got {self.det_every}")
+        if self.live_flip not in LIVE_FLIPS:
+            raise ValueError(f"unknown live_flip {self.live_flip!r}; choose from {LIVE_FLIPS}")
         if self.nms not in NMS_METHODS:
             raise ValueError(f"unknown nms {self.nms!r}; choose from {NMS_METHODS}")
         if self.batch_size < 1:
@@ -112,9 +123,16 @@ class PosePipeline:
             self.detector, estimator or self.estimator, temporal, config or self.config
         )
 
-    def new_stream(self, temporal: TemporalStage | None = None, det_every: int | None = None):
-        """A fresh `StreamState` for another stream through the same models."""
-        return StreamState(det_every or self.config.det_every or 1, temporal)
+    def new_stream(
+        self,
+        temporal: TemporalStage | None = None,
+        det_every: int | None = None,
+        live: bool = True,
+    ) -> StreamState:
+        """A fresh `StreamState` for another stream through the same models (by default a live
+        one: a camera, a browser's webcam)."""
+        every = det_every or self.config.det_every
+        return StreamState(every or (LIVE_DET_EVERY if live else FILE_DET_EVERY), temporal, live)
 
     def reset(self) -> None:
         """Forget previous frames of the pipeline's own stream (a new video)."""
@@ -129,8 +147,9 @@ class PosePipeline:
         """Process frames as they come: one at a time when `live` (pass a `FrameStream`'s
         `realtime`), else in micro-batches that end on a detected frame; `decode` is the time
         spent waiting for the batch's frames."""
+        self.state.live = live
         if self.config.det_every is None:
-            self.state.det_every = 1 if live else FILE_DET_EVERY
+            self.state.det_every = LIVE_DET_EVERY if live else FILE_DET_EVERY
         frames = iter(frames)
         while True:
             start = time.perf_counter()
@@ -200,7 +219,7 @@ class PosePipeline:
         for i, dets in zip(detect, self._detect(pixels, group, detect), strict=True):
             dets = dets if people is None else people(frames[i], dets)
             found[i] = Detections(*(t.to(self.device, torch.float32) for t in dets))
-        boxes, box_scores = [], []
+        boxes, box_scores, predicted = [], [], []
         for i, (count, next_count, source) in zip(group, plan, strict=True):
             state = states[i]
             if source is None:
@@ -212,6 +231,7 @@ class PosePipeline:
             else:  # boxes from the previous poses; their detector scores rescore them
                 b = _boxes_from_poses(state, frames[i], self.config, (height, width))
                 b, s = _together_to(self.device, b, state.previous_box_scores)
+            predicted.append(len(b) if source is not None and source < 0 else None)
             boxes.append(b.to(self.device, torch.float32))
             box_scores.append(s.to(self.device, torch.float32))
         counts = [len(b) for b in boxes]
@@ -225,19 +245,32 @@ class PosePipeline:
             torch.cat(boxes), torch.cat(box_scores), height, width
         )
         timer.lap("detect")
-        keypoints = self.estimator(pixels, boxes, counts, lap=timer.lap)
+        flip = self.estimator.flips(self._live_flip([states[i] for i in group], bool(detect)))
+        keypoints = self.estimator(pixels, boxes, counts, lap=timer.lap, flip=flip)
         packed = self._suppress(boxes, box_scores, keypoints, frame_of, usable)
         host = self._to_host(packed)  # the batch's one device->host copy
         out = []
         for k, rows in enumerate(np.split(host, np.cumsum(counts)[:-1])):
             i = group[k]
             poses, scores = _frame_poses(frames[i], rows, keypoints.shape[1])
-            poses = states[i].finish_frame(poses, scores)
+            states[i].detections += plan[k][2] is None
+            states[i].flips += flip
+            poses = states[i].finish_frame(poses, scores, predicted[k])
             out.append(FrameResult(frames[i], poses, batch=len(group), people=counts[k]))
         timer.lap("fuse")
         for result in out:
             result.timings = dict(timer.times)
         return out
+
+    def _live_flip(self, states: list[StreamState], detected: bool) -> bool | None:
+        """The flip test for a call of live streams' frames, by `live_flip` (None: the pose
+        stage's own choice, as for files)."""
+        policy = self.config.live_flip
+        if policy == "always" or not all(s.live for s in states):
+            return None
+        if policy == "alternate":
+            return all(s.frames % 2 for s in states)
+        return policy == "between" and not detected
 
     def _detect(self, pixels: Tensor, group: list[int], detect: list[int]) -> list[Detections]:
         """Detections of the frames `detect` (rows of `pixels` by their place in `group`), in

@@ -14,25 +14,32 @@ from realtime.temporal.stage import TemporalStage
 
 @dataclass
 class StreamState:
-    """What one stream of frames remembers: its detection interval, its temporal stage, the
-    frames it has had, the last detected frame's detections (on the device) and the previous
-    frame's poses (host tensors) with their detector scores, for the frames between
-    detections."""
+    """What one stream of frames remembers: its detection interval, whether it is live (a camera:
+    one frame at a time, boxes between detections predicted from its tracks), its temporal
+    stage, the frames it has had (and of them how many were detected and flipped), the last
+    detected frame's detections (on the device), the previous frame's poses (host tensors) with
+    their detector scores, for the frames between detections, and whether a track was lost on
+    the previous frame (a predicted box gave no pose: the next frame is detected)."""
 
     det_every: int = 1
     temporal: TemporalStage | None = None
+    live: bool = False
     previous: FramePoses | None = None
     previous_box_scores: Tensor | None = None
     frames: int = 0
+    detections: int = 0
+    flips: int = 0
     detected: Detections | None = None
     detected_frame: int = 0
+    lost: bool = False
 
     def reset(self) -> None:
         """Forget previous frames (a new video)."""
         self.previous = None
         self.previous_box_scores = None
-        self.frames = 0
+        self.frames = self.detections = self.flips = 0
         self.detected = None
+        self.lost = False
         if self.temporal is not None:
             self.temporal.reset()
 
@@ -41,9 +48,14 @@ class StreamState:
         detected one."""
         self.detected, self.detected_frame = detections, count
 
-    def finish_frame(self, poses: FramePoses, box_scores: Tensor) -> FramePoses:
+    def finish_frame(
+        self, poses: FramePoses, box_scores: Tensor, predicted: int | None = None
+    ) -> FramePoses:
         """The next frame's poses through the stream's temporal stage; remembered, with their
-        detector scores, for the frames without detection. Returns the poses to show."""
+        detector scores, for the frames without detection. `predicted` is how many boxes the
+        tracks predicted for it (None: it was detected); fewer poses than that is a lost track.
+        Returns the poses to show."""
+        self.lost = predicted is not None and len(poses) < predicted
         if self.temporal is not None:
             poses = self.temporal(poses)
         self.previous, self.previous_box_scores = poses, box_scores
@@ -52,11 +64,11 @@ class StreamState:
 
     def needs_detection(self, ahead: int = 0) -> bool:
         """Whether the frame `ahead` frames after the next one is a detected frame. The next one
-        is also detected when there is nothing to take boxes from."""
+        is also detected when there is nothing to take boxes from, or a track was lost."""
         if (self.frames + ahead) % self.det_every == 0:
             return True
         nothing = self.detected is None or self.previous is None or not len(self.previous)
-        return ahead == 0 and nothing
+        return ahead == 0 and (nothing or self.lost)
 
     def batch_length(self, size: int) -> int:
         """Frames for the next micro-batch of about `size`: through a detected frame, so the

@@ -342,9 +342,9 @@ def test_cpu_eager_fuses_the_activations_and_keeps_the_keypoints(monkeypatch):
     torch.manual_seed(0)
     model = POSE.build_model().eval()
     frame, box = blob_frame([(200.0, 180.0)]), torch.tensor([[150.0, 100.0, 250.0, 260.0]])
-    fused = PoseEstimator(model, POSE, PoseStageConfig(precision="fp32"))
+    fused = PoseEstimator(model, POSE, PoseStageConfig(backend="eager", precision="fp32"))
     assert fused.describe()["activations_fused"] is True
     monkeypatch.setattr(engine_module, "fuse_activations", lambda network, example: network)
-    plain = PoseEstimator(model, POSE, PoseStageConfig(precision="fp32"))
+    plain = PoseEstimator(model, POSE, PoseStageConfig(backend="eager", precision="fp32"))
     assert plain.describe()["activations_fused"] is False
     torch.testing.assert_close(fused(frame, box), plain(frame, box), rtol=0, atol=1e-3)

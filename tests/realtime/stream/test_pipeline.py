@@ -57,7 +57,7 @@ def frame(index: int, points=POINTS, shift: float = 0.0) -> Frame:
 
 def pipeline(detector, config=None, network=None, temporal=None) -> PosePipeline:
     estimator = PoseEstimator(
-        network or DotFinder(), POSE, PoseStageConfig(decoder="dark", blur_kernel=0)
+        network or DotFinder(), POSE, PoseStageConfig(backend="eager", decoder="dark", blur_kernel=0)
     )
     return PosePipeline(detector, estimator, temporal, config or PipelineConfig())
 

@@ -31,7 +31,7 @@ def test_the_worker_warms_engines_up_on_its_own_thread_before_serving(monkeypatc
     # CUDA-graph trees are per thread: graphs captured on the main thread, where the engine was
     # built, would be captured again on the serving thread, mid-stream.
     monkeypatch.setattr(PoseEstimator, "graphs_per_thread", property(lambda self: per_thread))
-    estimator = PoseEstimator(DotFinder(), POSE, PoseStageConfig(blur_kernel=0))
+    estimator = PoseEstimator(DotFinder(), POSE, PoseStageConfig(backend="eager", blur_kernel=0))
     warmed: list[str] = []
     monkeypatch.setattr(
         estimator, "warm_up", lambda: warmed.append(threading.current_thread().name)
