@@ -57,8 +57,9 @@ class OpenVinoNetwork(nn.Module):
     """A torch module run by OpenVINO on the CPU; called with a float32 tensor, it returns the
     module's (first) output as a float32 tensor of its own.
 
-    `shape` is an example input's; `dynamic` lists the input dimensions that may change between calls (0: the batch);
-    `precision` "bf16" lets OpenVINO compute in bf16 where the CPU has it, "fp32" keeps fp32.
+    `shape` is an example input's; `dynamic` lists the input dimensions that may change between
+    calls (0: the batch); `precision` "bf16" lets OpenVINO compute in bf16 where the CPU has it,
+    "fp32" keeps fp32.
     """
 
     def __init__(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,19 +39,24 @@ CLIP = VideoConfig(width=960, height=540, fps=15, seconds=4.0, num_people=4)
 # temporal fusion as the defaults
 SETTINGS: dict[str, tuple[str, PipelineConfig]] = {
     "PyTorch, detect every frame, flip every frame (before)": (
-        "eager", PipelineConfig(det_every=1, live_flip="always")
+        "eager",
+        PipelineConfig(det_every=1, live_flip="always"),
     ),
     "OpenVINO, detect every frame, flip every frame": (
-        "openvino", PipelineConfig(det_every=1, live_flip="always")
+        "openvino",
+        PipelineConfig(det_every=1, live_flip="always"),
     ),
     "OpenVINO, detect every 3rd, flip every frame": (
-        "openvino", PipelineConfig(det_every=3, live_flip="always")
+        "openvino",
+        PipelineConfig(det_every=3, live_flip="always"),
     ),
     "OpenVINO, detect every 3rd, flip between detections": (
-        "openvino", PipelineConfig(det_every=3, live_flip="between")
+        "openvino",
+        PipelineConfig(det_every=3, live_flip="between"),
     ),
     "OpenVINO, detect every 3rd, no flip": (
-        "openvino", PipelineConfig(det_every=3, live_flip="never")
+        "openvino",
+        PipelineConfig(det_every=3, live_flip="never"),
     ),
     "live defaults": ("auto", PipelineConfig()),
 }
@@ -79,8 +83,9 @@ def run_live(pipeline: PosePipeline, clip: Path) -> tuple[list, list[float], dic
     return poses, latency, {"frames": s.frames, "detected": s.detections, "flipped": s.flips}
 
 
-def table(clips: Sequence[Path], spec: PipelineSpec = PipelineSpec()) -> list[list[str]]:
+def table(clips: Sequence[Path], spec: PipelineSpec | None = None) -> list[list[str]]:
     """Rows (setting, AP, AP50, AR, detected, flipped, latency p50, p95) over `clips`."""
+    spec = spec or PipelineSpec()
     bases = {
         backend: build_pipeline(
             dataclasses.replace(

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-from toys import blob_frame
 from torch import nn
+from toys import blob_frame
 
 from realtime.detect.detector import DetectorConfig, PersonDetector
 from realtime.openvino_runtime import OpenVinoNetwork, cache_key

@@ -79,7 +79,12 @@ def detector(network_attempts: list[str]) -> PersonDetector:
     """
     torch.manual_seed(0)
     config = DetectorConfig(
-        weights="yolo11n.yaml", conf=0.0, iou=0.7, imgsz=IMGSZ, max_det=3000, precision="fp32",
+        weights="yolo11n.yaml",
+        conf=0.0,
+        iou=0.7,
+        imgsz=IMGSZ,
+        max_det=3000,
+        precision="fp32",
         backend="torch",
     )  # ultralytics' predictor runs fp32 PyTorch on the CPU: the same numbers (OpenVINO's are
     # compared with PyTorch's in tests/realtime/test_openvino_runtime.py)

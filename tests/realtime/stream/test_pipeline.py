@@ -56,9 +56,8 @@ def frame(index: int, points=POINTS, shift: float = 0.0) -> Frame:
 
 
 def pipeline(detector, config=None, network=None, temporal=None) -> PosePipeline:
-    estimator = PoseEstimator(
-        network or DotFinder(), POSE, PoseStageConfig(backend="eager", decoder="dark", blur_kernel=0)
-    )
+    config = PoseStageConfig(backend="eager", decoder="dark", blur_kernel=0)
+    estimator = PoseEstimator(network or DotFinder(), POSE, config)
     return PosePipeline(detector, estimator, temporal, config or PipelineConfig())
 
 
