@@ -41,7 +41,7 @@ from realtime.batch.usage import (  # noqa: E402
     check_device,
     install_signal_handlers,
 )
-from realtime.bench.config import parse_buckets  # noqa: E402
+from realtime.bench.config import BenchConfig, parse_buckets  # noqa: E402
 from realtime.samples import SYNTHETIC_WALK  # noqa: E402
 from realtime.stream.flags import (  # noqa: E402
     COUNT,
@@ -97,12 +97,11 @@ def run_ui(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from realtime.bench.config import BenchConfig
     from realtime.bench.run import run_benchmark
 
     config = BenchConfig(
         source=args.source, frames=args.frames, warmup=args.warmup, mode=args.mode, out=args.out,
-        reference=args.reference, reference_weights=args.reference_weights,
+        reference=args.reference, reference_weights=tuple(args.reference_weights),
         people_from_gt=args.people_from_gt, fixed_people=args.fixed_people,
     )  # fmt: skip
     options = pipeline_options(args)
@@ -228,13 +227,19 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("bench"), help="folder for the JSON report and PNG chart"
     )
     bench.add_argument(
-        "--reference", action="store_true", help="also time the ultralytics YOLO-pose predictor"
+        "--reference",
+        action="store_true",
+        help="also time the ultralytics YOLO-pose predictor, each of --reference-weights",
     )
     bench.add_argument(
         "--reference-weights",
-        default="yolo11n-pose.pt",
-        help="YOLO-pose weights for --reference: a local .pt, or a shipped yaml such as "
-        "yolo11n-pose.yaml (random weights, timing only)",
+        nargs="+",
+        default=list(BenchConfig.reference_weights),
+        metavar="W",
+        help="YOLO-pose weights for --reference, one or more (each timed after ours, one after "
+        "the other, on the same frames): a local .pt, or a shipped yaml such as "
+        "yolo11n-pose.yaml or yolo26n-pose.yaml (random weights, timing only) (default: "
+        f"{' '.join(map(str, BenchConfig.reference_weights))})",
     )
     people = bench.add_mutually_exclusive_group()
     people.add_argument(

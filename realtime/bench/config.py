@@ -17,6 +17,8 @@ class BenchConfig:
 
     `frames` are timed after `warmup` untimed ones; `people_from_gt` (a ground-truth JSON of a
     `train.synthetic` video) and `fixed_people` (N) replace the detector's boxes, at most one.
+    With `reference`, every YOLO-pose peer in `reference_weights` is timed after ours, one after
+    the other, on the same frames (a single str or Path is taken as a one-peer tuple).
     """
 
     source: Path = SYNTHETIC_WALK
@@ -25,11 +27,20 @@ class BenchConfig:
     mode: str = "throughput"
     out: Path = Path("bench")
     reference: bool = False
-    reference_weights: str | Path = "yolo11n-pose.pt"
+    reference_weights: tuple[str | Path, ...] = ("yolo11n-pose.pt",)
     people_from_gt: Path | None = None
     fixed_people: int | None = None
 
     def __post_init__(self) -> None:
+        weights = self.reference_weights
+        # frozen: the one place a field is normalised (a list would make the config unhashable)
+        object.__setattr__(
+            self,
+            "reference_weights",
+            (weights,) if isinstance(weights, (str, Path)) else tuple(weights),
+        )
+        if not self.reference_weights:
+            raise ValueError("reference_weights must name at least one YOLO-pose model")
         if self.frames < 1:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
         if self.warmup < 0:

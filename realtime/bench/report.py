@@ -6,8 +6,19 @@
 fetches real-person weights; else null), "source", "mode", "frames", "warmup", "total_s", "fps",
 "latency_ms" and "loop_ms" (median / p95 / mean / max), "stages" ({stage: {median_ms, p95_ms,
 mean_ms, max_ms}}), "people" (how they were chosen; per-frame counts into the pose stage and out
-of the pipeline), and "reference" (ultralytics' FPS, latency and its own speed dict in ms) with
-"fps_ratio" = ours / reference, or null. `OUT/bench.png` is a bar chart of the median ms per stage.
+of the pipeline), and, with `--reference`:
+
+- "references": one entry per YOLO-pose peer, in the order given: "weights", "random_weights",
+  "frames", "total_s", "fps", "latency_ms", "loop_ms", "stages" (ultralytics' own speed dict,
+  preprocess / inference / postprocess, then decode / render / encode as ours), "people_per_frame",
+  "fps_ratio" (ours / the peer's fps: above 1, ours is faster) and "latency_ratio" ({"median",
+  "p95"}: ours / the peer's latency at p50 and p95: below 1, ours answers sooner);
+- "reference" and "fps_ratio": the first peer's entry and its fps_ratio, as before there were
+  several peers.
+
+Without `--reference`, "references" is [] and "reference" / "fps_ratio" are null. `OUT/bench.png`
+has one panel per pipeline (ours, then each peer) on one ms axis: the median ms per stage, a
+whisker to p95, fps and latency in each panel's title.
 """
 
 from __future__ import annotations
@@ -127,6 +138,7 @@ def build_report(
             "poses_per_frame": float(np.mean([r.poses for r in records])),
             "detector_boxes_per_call": float(np.mean(people.detected)) if people.detected else 0.0,
         },
+        "references": [],
         "reference": None,
         "fps_ratio": None,
     }
@@ -146,6 +158,19 @@ def reference_report(
         "loop_ms": summarize([r.loop_ms for r in records]),
         "stages": {s: summarize([stage_ms(r, s) for r in records]) for s in stages},
         "people_per_frame": float(np.mean([r.people for r in records])),
+    }
+
+
+def compare_with_ours(report: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    """`peer` (a `reference_report`) with "fps_ratio" and "latency_ratio", ours / the peer's."""
+    ours, theirs = report["latency_ms"], peer["latency_ms"]
+    return {
+        **peer,
+        "fps_ratio": report["fps"] / peer["fps"],
+        "latency_ratio": {
+            "median": ours["median_ms"] / theirs["median_ms"],
+            "p95": ours["p95_ms"] / theirs["p95_ms"],
+        },
     }
 
 
@@ -226,19 +251,52 @@ def format_table(report: dict[str, Any]) -> str:
         f"device memory MiB: {_number(report['device'].get('peak_memory_mb'))}; host syncs per "
         f"frame: {_number(report.get('host_syncs_per_frame'))}",
     ]
-    ref = report.get("reference")
-    if ref:
-        lines.append(f"{'reference':<12}{'median ms':>11}{'p95 ms':>10}")
-        for stage, v in ref["stages"].items():
-            lines.append(f"{stage:<12}{v['median_ms']:>11.2f}{v['p95_ms']:>10.2f}")
-        lines += [
-            f"reference {ref['weights']}{' (random weights)' if ref['random_weights'] else ''}: "
-            f"{ref['fps']:.2f} fps; latency p50 {ref['latency_ms']['median_ms']:.1f} ms, "
-            f"p95 {ref['latency_ms']['p95_ms']:.1f} ms; "
-            f"{ref['people_per_frame']:.2f} people/frame",
-            f"ours / reference fps: {report['fps_ratio']:.2f}",
-        ]
+    peers = report.get("references") or []
+    if peers:
+        lines += ["", *peer_table(report, peers)]
     return "\n".join(lines)
+
+
+def peer_table(report: dict[str, Any], peers: list[dict[str, Any]]) -> list[str]:
+    """Ours and every peer side by side: median / p95 ms per stage ("-" where a pipeline has no
+    such stage), loop and latency, fps, ours / peer; then one line per peer naming its weights."""
+    names = ["ours", *(Path(p["weights"]).name for p in peers)]
+    width = max(20, *(len(n) + 2 for n in names))
+    pipelines = [report, *peers]
+    # ours in order, the peers' own stages before the render and encode every pipeline ends with
+    tail = ("render", "encode")
+    stages = [s for s in dict.fromkeys(s for p in pipelines for s in p["stages"]) if s not in tail]
+    stages += [s for s in tail if any(s in p["stages"] for p in pipelines)]
+
+    def row(label: str, cells: list[str]) -> str:
+        return f"{label:<15}" + "".join(f"{c:>{width}}" for c in cells)
+
+    def ms(stats: dict[str, float] | None) -> str:
+        return "-" if stats is None else f"{stats['median_ms']:.2f} / {stats['p95_ms']:.2f}"
+
+    lines = [
+        "ours and the YOLO-pose peers on the same frames: ms median / p95; ours / peer",
+        row("stage", names),
+        *(row(s, [ms(p["stages"].get(s)) for p in pipelines]) for s in stages),
+        row("loop", [ms(p["loop_ms"]) for p in pipelines]),
+        row("latency", [ms(p["latency_ms"]) for p in pipelines]),
+        row("fps", [f"{p['fps']:.2f}" for p in pipelines]),
+        row("fps ratio", ["-", *(f"{p['fps_ratio']:.2f}" for p in peers)]),
+        row("latency ratio", ["-", *(_ratios(p["latency_ratio"]) for p in peers)]),
+    ]
+    for peer in peers:
+        lat = peer["latency_ms"]
+        lines.append(
+            f"peer {peer['weights']}{' (random weights)' if peer['random_weights'] else ''}: "
+            f"{peer['fps']:.2f} fps; latency p50 {lat['median_ms']:.1f} ms, p95 "
+            f"{lat['p95_ms']:.1f} ms; {peer['people_per_frame']:.2f} people/frame; ours / peer "
+            f"fps: {peer['fps_ratio']:.2f}"
+        )
+    return lines
+
+
+def _ratios(ratio: dict[str, float]) -> str:
+    return f"{ratio['median']:.2f} / {ratio['p95']:.2f}"
 
 
 def _number(value: float | None) -> str:
@@ -246,37 +304,46 @@ def _number(value: float | None) -> str:
 
 
 def plot_stages(report: dict[str, Any], path: Path) -> None:
-    """Bar chart of the median ms per stage (p95 as a whisker), reference stages beside ours."""
+    """One panel per pipeline, side by side on one ms axis: ours, then each peer in order; bars
+    are the median ms per stage with a whisker to p95, titles give fps and latency p50 / p95."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    labels = list(report["stages"])
-    medians = [report["stages"][s]["median_ms"] for s in labels]
-    p95 = [report["stages"][s]["p95_ms"] for s in labels]
-    colors = ["tab:blue"] * len(labels)
-    ref = report.get("reference")
-    if ref:
-        for k, v in ref["stages"].items():
-            labels.append(f"ref {k}")
-            medians.append(v["median_ms"])
-            p95.append(v["p95_ms"])
-            colors.append("tab:orange")
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(labels) + 1.5))
-    y = np.arange(len(labels))
-    whisker = np.maximum(np.asarray(p95) - np.asarray(medians), 0.0)
-    ax.barh(y, medians, xerr=[np.zeros_like(whisker), whisker], color=colors, capsize=3)
-    ax.set_yticks(y, labels)
-    ax.invert_yaxis()
-    ax.set_xlabel("ms per frame (median; whisker to p95)")
-    title = (
-        f"{report['mode']} on {report['device']['name']}: {report['fps']:.2f} fps, "
-        f"latency p50 {report['latency_ms']['median_ms']:.1f} ms"
+    peers = report.get("references") or []
+    pose = report["pose_model"]
+    ours = f"ours: {pose['arch']} {pose['input_size'][0]}x{pose['input_size'][1]}"
+    pipelines = [(ours, report, None), *((Path(p["weights"]).name, p, p) for p in peers)]
+    colors = plt.get_cmap("tab10").colors
+    most = max(len(p["stages"]) for _, p, _ in pipelines)
+    fig, axes = plt.subplots(
+        1, len(pipelines), sharex=True, squeeze=False,
+        figsize=(max(8.0, 4.2 * len(pipelines)), 0.4 * most + 2.2),
+    )  # fmt: skip
+    for i, (ax, (name, timed, peer)) in enumerate(zip(axes[0], pipelines, strict=True)):
+        labels = list(timed["stages"])
+        medians = np.asarray([timed["stages"][s]["median_ms"] for s in labels])
+        p95 = np.asarray([timed["stages"][s]["p95_ms"] for s in labels])
+        whisker = np.maximum(p95 - medians, 0.0)
+        y = np.arange(len(labels))
+        ax.barh(y, medians, xerr=[np.zeros_like(whisker), whisker], color=colors[i % 10],
+                capsize=3)  # fmt: skip
+        ax.set_yticks(y, labels)
+        ax.set_ylim(most - 0.5, -0.5)  # same bar height in every panel, first stage on top
+        ax.set_xlabel("ms per frame")
+        lat = timed["latency_ms"]
+        fps = f"{timed['fps']:.2f} fps"
+        if peer:
+            name += " (random weights)" if peer["random_weights"] else ""
+            fps += f", ours / peer {peer['fps_ratio']:.2f}"
+        latency = f"latency p50 {lat['median_ms']:.1f} / p95 {lat['p95_ms']:.1f} ms"
+        ax.set_title(f"{name}\n{fps}\n{latency}", fontsize=9)
+    fig.suptitle(
+        f"{report['mode']} on {report['device']['name']}, {report['frames']} frames: "
+        "median ms per stage, whisker to p95",
+        fontsize=10,
     )
-    if ref:
-        title += f"\nreference {Path(ref['weights']).name}: {ref['fps']:.2f} fps"
-    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

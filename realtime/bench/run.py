@@ -1,6 +1,7 @@
 """The FPS benchmark: time every stage and the whole loop, and the ultralytics YOLO-pose reference.
 
     python app.py bench --source clip.mp4 --frames 200 --warmup 20 --mode throughput --reference
+    python app.py bench --reference --reference-weights yolo11n-pose.pt yolo26n-pose.pt
 
 Warm-up frames run first and are not timed; a clip shorter than warm-up + timed frames is played
 again from its start (frame numbers and pts keep counting, so tracking sees a jump, not a rewind).
@@ -23,6 +24,9 @@ of boxes, so two options fix it (the detector still runs and is timed; its boxes
 `fixed_people=N` takes the detector's top N boxes, or N boxes tiled over the frame when it finds
 fewer; `people_from_gt=FILE` takes the boxes of a `train.synthetic` video's ground-truth JSON.
 
+With `--reference`, each YOLO-pose peer named by `--reference-weights` is timed after ours, one
+after the other, each on the clip from its start, with the same frames, mode and detector settings.
+
 The run is here; what it feeds the pipeline is `realtime.bench.frames`, the YOLO-pose reference
 `realtime.bench.reference`, and `OUT/bench.json` / `OUT/bench.png` are `realtime.bench.report`.
 """
@@ -42,6 +46,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
 from realtime.batch.videos import OutputWorker
 from realtime.bench.config import BenchConfig
 from realtime.bench.counters import (
@@ -55,6 +61,7 @@ from realtime.bench.reference import YoloPoseReference, check_reference_weights
 from realtime.bench.report import (
     FrameRecord,
     build_report,
+    compare_with_ours,
     format_table,
     plot_stages,
     reference_report,
@@ -71,6 +78,8 @@ logger = logging.getLogger(__name__)
 
 
 Runner = Callable[[Iterator[Frame]], Iterator[FrameResult]]
+# `_throughput` or `_latency`: records and seconds of `config.frames` timed frames
+Timer = Callable[[Runner, ClipLoop, BenchConfig, Path], tuple[list[FrameRecord], float]]
 SYNC_FRAMES = 12  # frames run after timing with CUDA's sync debug mode on, to count host syncs
 
 
@@ -151,6 +160,24 @@ def _record(result: FrameResult, loop_ms: float) -> FrameRecord:
                    len(result.poses))  # fmt: skip
 
 
+def _time_peer(
+    weights: str | Path, config: BenchConfig, device: torch.device, base: PosePipeline, run: Timer
+) -> dict[str, Any]:
+    """One YOLO-pose peer on the frames ours ran on, in the same mode: its `reference_report`.
+
+    The model is built here, after ours was timed, and dropped on return: it is not held in
+    memory while our pipeline or the next peer is timed."""
+    logger.info("timing the reference %s", weights)
+    reference = YoloPoseReference(weights, device, base.detector.config)
+    frames = ClipLoop(config.source, threaded=config.mode != "latency")
+    try:
+        with tempfile.TemporaryDirectory(prefix="ccm-bench-ref-") as tmp:
+            records, seconds = run(reference.stream, frames, config, Path(tmp))
+    finally:
+        frames.close()
+    return reference_report(reference, records, seconds)
+
+
 def run_benchmark(
     options: PipelineSpec,
     config: BenchConfig,
@@ -177,8 +204,9 @@ def run_benchmark(
                 f"{config.source} has {frames.info.frame_count}"
             )
     if config.reference:
-        # before minutes of timing, not after
-        check_reference_weights(config.reference_weights, options.detection.trust)
+        # every peer before minutes of timing, not the second one after the first was timed
+        for weights in config.reference_weights:
+            check_reference_weights(weights, options.detection.trust)
     config.out.mkdir(parents=True, exist_ok=True)
     base = pipeline or build_pipeline(options)
     people = PeopleOverride(config.fixed_people, ground_truth)
@@ -209,16 +237,13 @@ def run_benchmark(
     report["config"]["pipeline"]["detection"]["imgsz"] = base.detector.config.imgsz
     report["config"]["pipeline"]["pipeline"]["sync_timing"] = stage_config.sync_timing
     if config.reference:
-        logger.info("timing the reference %s", config.reference_weights)
-        reference = YoloPoseReference(config.reference_weights, device, base.detector.config)
-        ref_frames = ClipLoop(config.source, threaded=not latency_mode)
-        try:
-            with tempfile.TemporaryDirectory(prefix="ccm-bench-ref-") as tmp:
-                ref_records, ref_seconds = run(reference.stream, ref_frames, config, Path(tmp))
-        finally:
-            ref_frames.close()
-        report["reference"] = reference_report(reference, ref_records, ref_seconds)
-        report["fps_ratio"] = report["fps"] / report["reference"]["fps"]
+        report["references"] = [
+            compare_with_ours(report, _time_peer(weights, config, device, base, run))
+            for weights in config.reference_weights
+        ]
+        # the first peer under the keys that held the one reference before there were several
+        report["reference"] = report["references"][0]
+        report["fps_ratio"] = report["reference"]["fps_ratio"]
     (config.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_stages(report, config.out / "bench.png")
     (table or sys.stdout).write(format_table(report) + "\n")

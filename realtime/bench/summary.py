@@ -18,13 +18,15 @@ STEP_STATUS = {"0": "ok", "124": "timed out", "137": "killed", "skip": "skipped"
 
 
 def scenario_row(name: str, report: dict[str, Any]) -> str:
-    """One table row: fps, latency, per-stage medians (ms), people, compiles, memory, syncs."""
-    stages, ref = report["stages"], report.get("reference") or {}
+    """One table row: fps, latency, per-stage medians (ms), people, compiles, memory, syncs, and
+    every YOLO-pose peer's fps (a report from before there were several peers: its one)."""
+    stages = report["stages"]
+    peers = report.get("references", [report["reference"]] if report.get("reference") else [])
     ms = "/".join(f"{stages[k]['median_ms']:.1f}" for k in ("detect", "crop", "pose", "refine"))
     latency = report["latency_ms"]
     memory = report["device"].get("peak_memory_mb")
     syncs = report.get("host_syncs_per_frame")
-    reference = f"{ref['fps']:.1f} ({ref['people_per_frame']:.0f} people)" if ref else "-"
+    reference = "; ".join(_peer(p) for p in peers) or "-"
     return (
         f"| {name} | {report['profile']['pose']['precision']} | {report['fps']:.1f} | "
         f"{latency['median_ms']:.1f} / {latency['p95_ms']:.1f} | {ms} | "
@@ -32,6 +34,12 @@ def scenario_row(name: str, report: dict[str, Any]) -> str:
         f"{'-' if memory is None else f'{memory:.0f}'} | "
         f"{'-' if syncs is None else f'{syncs:.2f}'} | {reference} |"
     )
+
+
+def _peer(peer: dict[str, Any]) -> str:
+    """The weights' stem, fps and people per frame: "yolo11m-pose 55.0 (40 people)"."""
+    name = f"{Path(peer['weights']).stem} " if peer.get("weights") else ""
+    return f"{name}{peer['fps']:.1f} ({peer['people_per_frame']:.0f} people)"
 
 
 def summarize(work: Path) -> str:
@@ -54,10 +62,10 @@ def summarize(work: Path) -> str:
         "fps end to end; latency p50 / p95 ms (decoded frame -> poses on the host); median ms of "
         "detect/crop/pose/refine (launch times on CUDA in throughput mode unless synced); "
         "people per frame; graphs compiled after warm-up (must be 0); peak device memory MiB; "
-        "host syncs per frame; the YOLO-pose reference's fps.",
+        "host syncs per frame; each YOLO-pose peer's fps (weights, fps, people per frame).",
         "",
         "| scenario | precision | fps | latency ms | detect/crop/pose/refine ms | people | "
-        "compiled | memory MiB | syncs/frame | reference fps |",
+        "compiled | memory MiB | syncs/frame | peers fps |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(work.glob("bench/*/bench.json")):

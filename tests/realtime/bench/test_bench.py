@@ -1,4 +1,5 @@
-"""The FPS benchmark on a tiny random-weight pose model and a random-weight yolo11n, on the CPU.
+"""The FPS benchmark on a tiny random-weight pose model and a random-weight yolo11n, on the CPU,
+beside random-weight YOLO11n-pose and YOLO26n-pose peers.
 
 No timing is asserted: the tests check that every stage is timed, that the report's numbers agree
 with each other, and that people per frame are what was asked for.
@@ -7,6 +8,7 @@ with each other, and that people per frame are what was asked for.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import subprocess
@@ -95,7 +97,8 @@ def test_throughput_mode_times_every_stage_with_detector_people(tmp_path, option
     assert report["people"]["per_frame"] == 3.0 and report["people"]["min"] == 3
     assert report["people"]["detector_boxes_per_call"] == 3.0
     assert report["source"]["passes"] == 1  # 11 of 50 frames: no second pass
-    assert report["reference"] is None and report["fps_ratio"] is None
+    assert report["references"] == [] and report["reference"] is None
+    assert report["fps_ratio"] is None
 
 
 def test_latency_mode_with_fixed_people_tiles_boxes_and_adds_up(tmp_path, options, pipeline):
@@ -153,30 +156,105 @@ def test_ground_truth_people_follow_the_clip_through_its_loops(tmp_path, options
     assert report["source"]["passes"] == 2
 
 
-def test_reference_adds_the_yolo_pose_entry(tmp_path, options, pipeline):
+PEERS = ("yolo11n-pose.yaml", "yolo26n-pose.yaml")
+
+
+@pytest.fixture(scope="module")
+def app():
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reference_times_every_peer_on_the_same_frames(tmp_path, options, pipeline):
     config = BenchConfig(
-        frames=3, warmup=1, mode="latency", out=tmp_path, reference=True,
-        reference_weights="yolo11n-pose.yaml",
+        frames=3, warmup=1, mode="latency", out=tmp_path, reference=True, reference_weights=PEERS,
     )  # fmt: skip
-    report = run_benchmark(options, config, pipeline=pipeline, table=io.StringIO())
+    table = io.StringIO()
+    report = run_benchmark(options, config, pipeline=pipeline, table=table)
 
     check_report(report, tmp_path, 3)
-    ref = json.loads((tmp_path / "bench.json").read_text())["reference"]
-    assert ref["weights"] == "yolo11n-pose.yaml" and ref["random_weights"] is True
-    assert ref["frames"] == 3
-    # With confidence 0 and at most 3 boxes, random weights pose as many people as ours.
-    assert ref["people_per_frame"] == 3.0 == report["people"]["per_frame"]
-    assert ref["fps"] == pytest.approx(3 / ref["total_s"], rel=1e-12)
-    # Ultralytics' own stage times, and the same job as ours: the frames drawn and encoded.
-    assert list(ref["stages"]) == ["preprocess", "inference", "postprocess", "decode", "render",
-                                   "encode"]  # fmt: skip
-    for stage in ("preprocess", "inference", "postprocess", "render", "encode"):
-        assert ref["stages"][stage]["median_ms"] > 0, stage
-    assert ref["latency_ms"]["mean_ms"] == pytest.approx(
-        sum(ref["stages"][s]["mean_ms"] for s in ("preprocess", "inference", "postprocess")),
-        rel=1e-9,
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    peers = saved["references"]
+    assert [p["weights"] for p in peers] == list(PEERS)
+    for ref in peers:
+        assert ref["random_weights"] is True and ref["frames"] == 3
+        # With confidence 0 and at most 3 boxes, random weights pose as many people as ours.
+        assert ref["people_per_frame"] == 3.0 == report["people"]["per_frame"]
+        assert ref["fps"] > 0
+        assert ref["fps"] == pytest.approx(3 / ref["total_s"], rel=1e-12)
+        # Ultralytics' own stage times, and the same job as ours: the frames drawn and encoded.
+        assert list(ref["stages"]) == ["preprocess", "inference", "postprocess", "decode",
+                                       "render", "encode"]  # fmt: skip
+        for stage in ("preprocess", "inference", "postprocess", "render", "encode"):
+            assert ref["stages"][stage]["median_ms"] > 0, (ref["weights"], stage)
+        assert ref["latency_ms"]["mean_ms"] == pytest.approx(
+            sum(ref["stages"][s]["mean_ms"] for s in ("preprocess", "inference", "postprocess")),
+            rel=1e-9,
+        )
+        assert ref["fps_ratio"] == pytest.approx(saved["fps"] / ref["fps"], rel=1e-9)
+        ours, theirs = saved["latency_ms"], ref["latency_ms"]
+        assert ref["latency_ratio"]["median"] == pytest.approx(
+            ours["median_ms"] / theirs["median_ms"], rel=1e-9
+        )
+        assert ref["latency_ratio"]["p95"] == pytest.approx(
+            ours["p95_ms"] / theirs["p95_ms"], rel=1e-9
+        )
+    # The keys of the one reference before there were several: the first peer's.
+    assert saved["reference"] == peers[0] and saved["fps_ratio"] == peers[0]["fps_ratio"]
+    assert saved["config"]["bench"]["reference_weights"] == list(PEERS)
+
+    text = table.getvalue()
+    lines = text.splitlines()
+    side_by_side = lines[lines.index(next(x for x in lines if x.startswith("ours and the"))) + 1 :]
+    assert side_by_side[0].split() == ["stage", "ours", *PEERS]
+    for name in PEERS:
+        assert f"peer {name} (random weights): " in text
+    inference = next(line for line in side_by_side if line.startswith("inference "))
+    assert inference.split()[1] == "-"  # a stage ours does not have
+    assert len(inference.split("/")) == 3  # median / p95 of each peer
+    png = tmp_path / "bench.png"
+    assert png.stat().st_size > 0
+    assert cv2.imread(str(png)).shape[1] > 1000  # three panels side by side
+
+
+def test_several_reference_weights_are_parsed_and_a_single_one_is_a_tuple(app):
+    args = app.parser().parse_args(
+        ["bench", "--reference", "--reference-weights", "a/peer.pt", *PEERS, "--mode", "latency"]
     )
-    assert report["fps_ratio"] == pytest.approx(report["fps"] / ref["fps"], rel=1e-12)
+    assert args.reference_weights == ["a/peer.pt", *PEERS] and args.mode == "latency"
+    assert app.parser().parse_args(["bench"]).reference_weights == ["yolo11n-pose.pt"]
+    with pytest.raises(SystemExit):
+        app.parser().parse_args(["bench", "--reference-weights"])  # at least one
+
+    assert BenchConfig().reference_weights == ("yolo11n-pose.pt",)
+    assert BenchConfig(reference_weights="x.pt").reference_weights == ("x.pt",)
+    assert BenchConfig(reference_weights=Path("x.pt")).reference_weights == (Path("x.pt"),)
+    listed = BenchConfig(reference_weights=list(PEERS))
+    assert listed.reference_weights == PEERS and hash(listed) == hash(
+        BenchConfig(reference_weights=PEERS)
+    )
+    with pytest.raises(ValueError, match="at least one"):
+        BenchConfig(reference_weights=())
+
+
+def test_a_missing_second_peer_stops_the_run_before_any_timing(tmp_path, options, pipeline, app,
+                                                               caplog):  # fmt: skip
+    missing = tmp_path / "missing-peer.pt"
+    config = BenchConfig(
+        frames=1, warmup=0, out=tmp_path / "out", reference=True,
+        reference_weights=("yolo11n-pose.yaml", missing),
+    )  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="reference weights '.*missing-peer.pt' not found"):
+        run_benchmark(options, config, pipeline=pipeline, table=io.StringIO())
+    assert not (tmp_path / "out").exists()  # made just before timing starts
+
+    argv = ["bench", "--reference", "--reference-weights", "yolo11n-pose.yaml", str(missing),
+            "--device", "cpu", "--out", str(tmp_path / "cli")]  # fmt: skip
+    assert app.main(argv) == 2
+    assert "missing-peer.pt' not found" in caplog.text
+    assert not (tmp_path / "cli").exists()
 
 
 def test_a_benchmark_of_the_demo_weights_opens_with_the_notice(tmp_path):

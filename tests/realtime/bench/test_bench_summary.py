@@ -8,7 +8,11 @@ from pathlib import Path
 from realtime.bench.summary import summarize
 
 
-def _report(fps: float, memory: float | None, syncs: float | None) -> dict:
+def _peer(weights: str, fps: float) -> dict:
+    return {"weights": weights, "fps": fps, "people_per_frame": 40.0}
+
+
+def _report(fps: float, memory: float | None, syncs: float | None, peers: list[dict]) -> dict:
     stage = {"median_ms": 2.0, "p95_ms": 3.0}
     return {
         "fps": fps,
@@ -20,7 +24,8 @@ def _report(fps: float, memory: float | None, syncs: float | None) -> dict:
         "graphs_compiled_after_warmup": 0,
         "device": {"peak_memory_mb": memory},
         "host_syncs_per_frame": syncs,
-        "reference": {"fps": 55.0, "people_per_frame": 40.0},
+        "references": peers,
+        "reference": peers[0] if peers else None,
     }  # fmt: skip
 
 
@@ -29,7 +34,15 @@ def test_summary_lists_every_step_and_one_row_per_scenario(tmp_path: Path):
     (tmp_path / "steps.tsv").write_text(
         "media\t0\t12\t\ncuda-tests\t1\t80\t\ntrain-epoch\t124\t60\t\nlate\tskip\t0\tdeadline\n"
     )
-    for name, report in (("crowd", _report(150.0, 1234.4, 2.5)), ("cpu", _report(3.0, None, None))):
+    peers = [_peer("yolo11m-pose.yaml", 55.0), _peer("weights/yolo26m-pose.pt", 61.25)]
+    before_peers = _report(20.0, None, None, [])  # a report from before "references"
+    before_peers.pop("references")
+    before_peers["reference"] = {"fps": 55.0, "people_per_frame": 40.0}
+    for name, report in (
+        ("crowd", _report(150.0, 1234.4, 2.5, peers)),
+        ("cpu", _report(3.0, None, None, [])),
+        ("old", before_peers),
+    ):
         (tmp_path / "bench" / name).mkdir(parents=True)
         (tmp_path / "bench" / name / "bench.json").write_text(json.dumps(report))
     (tmp_path / "bench" / "broken").mkdir()
@@ -45,7 +58,10 @@ def test_summary_lists_every_step_and_one_row_per_scenario(tmp_path: Path):
     )
     assert (
         "| crowd | fp16 | 150.0 | 12.5 / 20.2 | 0.2/1.2/2.2/3.2 | 40.0 | 0 | 1234 | 2.50 | "
-        "55.0 (40 people) |" in page
+        "yolo11m-pose 55.0 (40 people); yolo26m-pose 61.2 (40 people) |" in page
     )
-    assert "| cpu | fp16 | 3.0 | 12.5 / 20.2 | 0.2/1.2/2.2/3.2 | 40.0 | 0 | - | - |" in page
+    assert "| cpu | fp16 | 3.0 | 12.5 / 20.2 | 0.2/1.2/2.2/3.2 | 40.0 | 0 | - | - | - |" in page
+    assert (
+        "| old | fp16 | 20.0 | 12.5 / 20.2 | 0.2/1.2/2.2/3.2 | 40.0 | 0 | - | - | 55.0 (40 " in page
+    )
     assert "| broken | unreadable report: 'stages' |" in page
