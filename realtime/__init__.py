@@ -7,11 +7,9 @@ the benchmark); `weights` knows the checkpoints; `offline` keeps ultralytics and
 network; `device` holds what every stage asks of the device.
 
 Importing `realtime` runs `configure_offline()` once, before any of its modules can import
-ultralytics or gradio, so every entry point (app.py, a script that builds a pipeline) is offline,
-and records torch's thread count as it was (`device.TORCH_THREADS`).
+ultralytics or gradio, so every entry point (app.py, a script that builds a pipeline) is offline.
 """
 
-import realtime.device  # noqa: F401  (TORCH_THREADS, before a pipeline changes it)
 from realtime.offline import configure_offline
 
 configure_offline()

@@ -8,9 +8,22 @@ from pathlib import Path
 
 import torch
 
-# Torch's thread count when `realtime` was first imported (cores, or OMP_NUM_THREADS): what the
-# benchmark's YOLO-pose reference runs with, whatever the pipeline set afterwards.
-TORCH_THREADS = torch.get_num_threads()
+_cpu_threads: int | None = None  # the thread budget, once PyTorch was left one thread
+
+
+def cpu_threads() -> int:
+    """Threads the networks may use on the CPU: PyTorch's count as the user or the process set it
+    (the cores, OMP_NUM_THREADS, a Ray worker's share), also after `leave_cores_to_openvino`."""
+    return _cpu_threads or torch.get_num_threads()
+
+
+def leave_cores_to_openvino() -> None:
+    """PyTorch down to one thread, the budget kept for OpenVINO (`cpu_threads`): when OpenVINO
+    runs both networks, PyTorch's threads only took the cores from it between their short calls
+    (crops, refinement, fusion)."""
+    global _cpu_threads
+    _cpu_threads = cpu_threads()
+    torch.set_num_threads(1)
 
 
 def resolve_device(device: str | None) -> torch.device:

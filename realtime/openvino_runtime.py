@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from realtime.device import cpu_threads
+
 logger = logging.getLogger(__name__)
 
 PRECISION_HINTS = {"bf16": "bf16", "fp32": "f32"}
@@ -96,7 +98,7 @@ class OpenVinoNetwork(nn.Module):
             _save(model, path)
         config = {
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            "INFERENCE_NUM_THREADS": cpu_threads(),
             "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
         }
         self._compiled = core.compile_model(model, "CPU", config)

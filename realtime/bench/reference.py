@@ -11,6 +11,7 @@ import torch
 
 from ccm.poses import FramePoses
 from realtime.detect.detector import DetectorConfig, shipped_model_yaml
+from realtime.device import cpu_threads
 from realtime.io.frames import Frame
 from realtime.stream.results import FrameResult
 from realtime.weights.verify import UntrustedWeightsError, check_weights_trusted
@@ -68,10 +69,16 @@ class YoloPoseReference:
 
     def stream(self, frames: Iterator[Frame]) -> Iterator[FrameResult]:
         for frame in frames:
+            # PyTorch's own thread count, whatever our pipeline chose for itself (one thread when
+            # OpenVINO runs its networks), and again after ultralytics' first CPU call, which sets
+            # cpu_count - 1.
             threads = torch.get_num_threads()
+            torch.set_num_threads(cpu_threads())
             bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)  # ultralytics reads BGR
-            result = self.model.predict(bgr, **self.args)[0]
-            torch.set_num_threads(threads)  # its first CPU call sets cpu_count - 1 threads
+            try:
+                result = self.model.predict(bgr, **self.args)[0]
+            finally:
+                torch.set_num_threads(threads)
             n = len(result.boxes)
             keypoints = result.keypoints.data.float().cpu() if n else torch.zeros(0, 17, 3)
             poses = FramePoses(

@@ -1,5 +1,6 @@
-"""The pipeline's own logic on a perfect toy pose model: detection every N frames, score and box
-filtering, micro-batches, reset, broken inputs, and its one device->host copy."""
+"""The pipeline's own logic on a perfect toy pose model: detection every N frames (and after a
+lost track), the live flip test schedule, score and box filtering, micro-batches, reset, broken
+inputs, and its one device->host copy."""
 
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ def frame(index: int, points=POINTS, shift: float = 0.0) -> Frame:
 
 
 def pipeline(detector, config=None, network=None, temporal=None) -> PosePipeline:
-    config = PoseStageConfig(backend="eager", decoder="dark", blur_kernel=0)
-    estimator = PoseEstimator(network or DotFinder(), POSE, config)
+    stage = PoseStageConfig(backend="eager", decoder="dark", blur_kernel=0)
+    estimator = PoseEstimator(network or DotFinder(), POSE, stage)
     return PosePipeline(detector, estimator, temporal, config or PipelineConfig())
 
 
@@ -349,3 +350,55 @@ def test_frames_read_before_a_source_fails_are_posed_before_the_error():
     # Frames 0-3, then 4 (read in the batch that met the error), each with its people.
     assert [r.frame.index for r in results] == [0, 1, 2, 3, 4]
     assert [len(r.poses) for r in results] == [3] * 5
+
+
+def three_people() -> FakeDetector:
+    return FakeDetector([box(*p) for p in POINTS], [0.9, 0.8, 0.7])
+
+
+def test_the_frame_after_a_lost_track_is_detected():
+    shown = [POINTS, POINTS[:2], POINTS[:2], POINTS[:2], POINTS[:2], POINTS[:2]]
+    det = three_people()
+    pipe = pipeline(det, PipelineConfig(det_every=3), network=SpreadFinder())
+    frames = (frame(i, p) for i, p in enumerate(shown))
+    counts = [len(r.poses) for r in pipe.stream(frames, live=True)]
+    # Frame 1's boxes come from frame 0's three tracks; one finds nobody: frame 2 is detected
+    # (the fixed detector's third box finds nobody either), then frame 3 as every 3rd.
+    assert counts == [3, 2, 2, 2, 2, 2]
+    assert det.calls == 3 and pipe.state.detections == 3
+    pipe.reset()
+    det.calls = 0
+    list(pipe.stream((frame(i) for i in range(6)), live=True))  # nobody lost: frames 0 and 3
+    assert det.calls == 2 and pipe.state.detections == 2 and not pipe.state.lost
+
+
+@pytest.mark.parametrize(
+    ("policy", "flipped"),
+    [
+        ("always", [1] * 6),
+        ("between", [0, 1, 1, 0, 1, 1]),
+        ("alternate", [0, 1, 0, 1, 0, 1]),
+        ("never", [0] * 6),
+    ],  # fmt: skip
+)
+def test_live_flip_chooses_the_frames_that_get_the_flip_test(policy, flipped):
+    pipe = pipeline(three_people(), PipelineConfig(det_every=3, live_flip=policy), SpreadFinder())
+    seen = []
+    for i in range(6):
+        before = pipe.state.flips
+        (result,) = pipe.stream([frame(i)], live=True)
+        seen.append(pipe.state.flips - before)
+        assert len(result.poses) == 3
+    assert seen == flipped
+    assert pipe.state.detections == 2 and pipe.state.frames == 6
+
+
+def test_a_file_keeps_the_flip_test_on_every_frame_whatever_live_flip_says():
+    pipe = pipeline(three_people(), PipelineConfig(det_every=3, live_flip="never", batch_size=2))
+    assert len(list(pipe.stream(frame(i) for i in range(6)))) == 6
+    assert pipe.state.flips == 6 and pipe.state.detections == 3  # frames 0, 3 and 5 (the end)
+
+
+def test_an_unknown_live_flip_is_refused():
+    with pytest.raises(ValueError, match="unknown live_flip 'sometimes'"):
+        PipelineConfig(live_flip="sometimes")
