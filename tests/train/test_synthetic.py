@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -15,6 +17,8 @@ from pycocotools.cocoeval import COCOeval
 
 from ccm.skeleton import AIC_TO_COCO, AIC_TO_COCO_VISIBILITY, COCO_KEYPOINTS, COCO_LIMBS
 from train.synthetic.__main__ import main
+from train.synthetic.distractors import KINDS
+from train.synthetic.drawing import Canvas
 from train.synthetic.figures import (
     HEAD_TOP,
     L_THIGH,
@@ -36,8 +40,10 @@ from train.synthetic.scenes import (
     Split,
     annotated,
     image_rng,
+    keypoint_list,
     render_image,
     render_scene,
+    rounded,
 )
 from train.synthetic.videos import MOTIONS, VideoConfig, generate_video, sample_tracks
 from train.synthetic.writers import SyntheticConfig, generate_dataset
@@ -394,6 +400,70 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, capsys):
     assert (tmp_path / "a" / rel).read_bytes() != (tmp_path / "c" / rel).read_bytes()
 
 
+def test_default_scenes_are_those_of_earlier_versions():
+    """Seeded output that tests and the bundled clip rely on: without distractors the scenes are
+    pixel for pixel those of the generator before they existed (numpy 2 / OpenCV 4 here)."""
+    digest = hashlib.sha256()
+    for split in (Split.TRAIN, Split.VAL):
+        for index in range(4):
+            scene = render_image(SEED, split, index, SceneConfig())
+            digest.update(scene.image.tobytes())
+            people = annotated(scene, SceneConfig())
+            rows = [[keypoint_list(p.keypoints), rounded(p.bbox)] for p in people]
+            digest.update(json.dumps(rows).encode())
+    assert digest.hexdigest() == "525ed1c5c104fc6b524a8d91e2d8e2be67525da37a7b4882b2a0f528e99e7d0e"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_each_distractor_stays_inside_its_extent(kind):
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        canvas = Canvas(np.full((400, 400, 3), 128, np.float32))
+        canvas.drawn[:] = False
+        prop = KINDS[kind](rng, 150.0)
+        mask = prop.paint(canvas, 200.0, 200.0)
+        cols, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
+        x0, y0, x1, y1 = np.asarray(prop.extent) + 200.0
+        # Placement keeps props off the figures by their extents: every painted pixel centre
+        # lies inside.
+        assert x0 <= cols[0] and cols[-1] <= x1 and y0 <= rows[0] and rows[-1] <= y1, kind
+        assert rows[-1] - rows[0] + 1 >= 0.45 * 150  # about as tall as a figure (legs: half)
+
+
+def test_distractors_change_pixels_never_annotations(dataset, tmp_path):
+    busy = replace(CONFIG.scene, max_distractors=3)
+    with_props = changed = 0
+    for index in range(CONFIG.num_train):
+        plain = render_image(SEED, Split.TRAIN, index, CONFIG.scene)
+        scene = render_image(SEED, Split.TRAIN, index, busy)
+        np.testing.assert_array_equal(scene.labels, plain.labels)
+        for a, b in zip(scene.people, plain.people, strict=True):
+            np.testing.assert_array_equal(a.keypoints, b.keypoints)
+            np.testing.assert_array_equal(a.aic_keypoints, b.aic_keypoints)
+            assert (a.bbox, a.visible_area, a.full_area) == (b.bbox, b.visible_area, b.full_area)
+        props = scene.distractors[len(plain.distractors) :]
+        assert scene.distractors[: len(plain.distractors)] == plain.distractors
+        diff = (scene.image != plain.image).any(-1)
+        inside = np.zeros_like(diff)
+        for x, y, w, h in props:
+            inside[int(y) : math.ceil(y + h), int(x) : math.ceil(x + w)] = True
+        assert not diff[plain.labels > 0].any()  # drawn behind the figures, never over them
+        assert diff.any() == bool(props)
+        assert (diff & inside).sum() >= 0.95 * diff.sum()  # the rest: camera blur at the edges
+        with_props += bool(props)
+        changed += int(diff.sum())
+    assert with_props == 15 and changed == 97840
+    # Written to disk through the CLI: the same images and annotations, the setting in `info`.
+    args = ["--train", "24", "--val", "8", "--aic", "0", "--unlabeled", "0", "--videos", "0"]
+    main(["--out", str(tmp_path), "--seed", str(SEED), *args, "--distractors", "3"])
+    for split in ("train", "val"):
+        ours = json.loads((tmp_path / f"annotations/person_keypoints_{split}.json").read_text())
+        theirs = json.loads(getattr(dataset, f"{split}_annotations").read_text())
+        assert ours["info"] == theirs["info"] | {"max_distractors": 3}
+        for key in ("images", "annotations", "categories"):
+            assert ours[key] == theirs[key], key
+
+
 def _motion_keypoints(motion: str, fps: int = 15, seconds: float = 4.0, seed: int = 3):
     """True COCO keypoints (F, P, 17, 2) of a clip's figures, without rendering, and the tracks."""
     cfg = VideoConfig(width=640, height=360, fps=fps, seconds=seconds, num_people=3, motion=motion)
@@ -454,5 +524,7 @@ def test_bad_configs_are_refused():
         VideoConfig(fps=0)
     with pytest.raises(ValueError, match="min_size <= max_size"):
         SceneConfig(min_size=(500, 256))
+    with pytest.raises(ValueError, match="max_distractors >= 0"):
+        SceneConfig(max_distractors=-1)
     with pytest.raises(ValueError, match="counts"):
         SyntheticConfig(num_train=-1)

@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--aic", type=int, default=32, help="AI Challenger format images")
     parser.add_argument("--unlabeled", type=int, default=32, help="unlabeled images")
     parser.add_argument("--max-people", type=int, default=4, help="figures per image (0..N)")
+    parser.add_argument(
+        "--distractors", type=int, default=0, metavar="N",
+        help="person-like props (lamp posts, dress forms, coat stands, shadows, legs) per still "
+        "image, 0..N, never annotated; 0 writes what earlier versions wrote",
+    )  # fmt: skip
     parser.add_argument("--min-size", type=_size, default=(256, 192), help="smallest image WxH")
     parser.add_argument("--max-size", type=_size, default=(640, 480), help="largest image WxH")
     parser.add_argument("--videos", type=int, default=1, help="clips")
@@ -53,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         scene = SceneConfig(
-            min_size=args.min_size[::-1], max_size=args.max_size[::-1], max_people=args.max_people
-        )
+            min_size=args.min_size[::-1], max_size=args.max_size[::-1],
+            max_people=args.max_people, max_distractors=args.distractors,
+        )  # fmt: skip
         video = VideoConfig(
             width=args.video_size[0], height=args.video_size[1], fps=args.video_fps,
             seconds=args.video_seconds, num_people=args.video_people, motion=args.video_motion,

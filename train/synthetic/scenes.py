@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ccm.skeleton import AIC_KEYPOINTS, AIC_TO_COCO
+from train.synthetic.distractors import draw_distractors
 from train.synthetic.drawing import Canvas, draw_figure
 from train.synthetic.figures import (
     HEAD_TOP,
@@ -63,14 +64,17 @@ class SceneConfig:
     overlap_prob: float = 0.5  # chance a figure is placed next to an earlier one
     max_yaw_deg: float = 120.0
     min_visible_fraction: float = 0.15  # less of a figure showing and it stays unannotated
+    max_distractors: int = 0  # person-like props per image, 0..N (`train.synthetic.distractors`)
 
     def __post_init__(self) -> None:
         if min(self.min_size) < 16 or any(
             a > b for a, b in zip(self.min_size, self.max_size, strict=True)
         ):
             raise ValueError(f"image sizes need 16 <= min_size <= max_size, got {self}")
-        if self.max_people < 0 or self.min_person_height < 8:
-            raise ValueError(f"need max_people >= 0 and min_person_height >= 8, got {self}")
+        if self.max_people < 0 or self.min_person_height < 8 or self.max_distractors < 0:
+            raise ValueError(
+                f"need max_people >= 0, max_distractors >= 0, min_person_height >= 8, got {self}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,11 +103,11 @@ class Scene:
     labels: np.ndarray
     figures: tuple[Figure, ...]
     people: tuple[PersonLabel, ...]
-    distractors: tuple[tuple[float, float, float, float], ...]  # x, y, w, h of clutter props
+    distractors: tuple[tuple[float, float, float, float], ...]  # x, y, w, h of person-like props
 
 
 def image_rng(seed: int, split: Split, index: int, stream: int = 0) -> np.random.Generator:
-    """The generator of one image (stream 0) or of its detections (stream 1)."""
+    """The generator of one image (stream 0), its detections (stream 1) or its distractors (2)."""
     return np.random.default_rng([seed, int(split), index, stream])
 
 
@@ -280,6 +284,14 @@ def render_image(seed: int, split: Split, index: int, config: SceneConfig | None
     width = int(rng.integers(config.min_size[1], config.max_size[1] + 1))
     background, distractors = make_background(rng, height, width)
     figures = _sample_figures(rng, height, width, config)
+    if config.max_distractors:  # a stream of their own: the rest of the image stays as it was
+        background, props = draw_distractors(
+            background,
+            image_rng(seed, split, index, 2),
+            config.max_distractors,
+            [figure_extent(f) for f in figures],
+        )
+        distractors += props
     return render_scene(background, figures, rng, distractors)
 
 

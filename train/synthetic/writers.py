@@ -200,6 +200,8 @@ def _write_coco_split(
         if (index + 1) % 32 == 0 or index + 1 == count:
             log.info("%s: %d/%d images", split.folder, index + 1, count)
     info = {"description": "ccm-pose synthetic figures", "version": "1.0", "seed": cfg.seed}
+    if cfg.scene.max_distractors:  # not persons: drawn, never annotated
+        info["max_distractors"] = cfg.scene.max_distractors
     coco = {
         "info": info,
         "licenses": [],
