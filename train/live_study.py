@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from realtime.device import cpu_threads
 from realtime.io.sources import open_source
 from realtime.stream.assemble import PipelineSpec, build_pipeline
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
@@ -108,6 +110,9 @@ def table(clips: Sequence[Path], spec: PipelineSpec | None = None) -> list[list[
     counts = {label: {"frames": 0, "detected": 0, "flipped": 0} for label in SETTINGS}
     for i, clip in enumerate(clips):
         for label, pipeline in pipelines.items():  # in turn, so load slows every setting alike
+            # PyTorch's threads as `build_pipeline` leaves them for this backend
+            openvino = pipeline.estimator.backend == "openvino"
+            torch.set_num_threads(1 if openvino else cpu_threads())
             poses, ms, seen = run_live(pipeline, clip)
             results[label] += coco_results(poses, i * FRAME_STRIDE)
             latency[label] += ms

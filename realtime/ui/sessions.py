@@ -112,7 +112,7 @@ class PoseApp:
         temporal = None
         if method != "none":
             temporal = TemporalFusion(dataclasses.replace(self.temporal, method=method))
-        return StreamState(c.det_every if track else 1, temporal)
+        return StreamState(c.det_every if track else 1, temporal, live=True)
 
     # -- settings ------------------------------------------------------------------------------
 
