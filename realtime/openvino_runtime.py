@@ -83,9 +83,8 @@ class OpenVinoNetwork(nn.Module):
         path = cache_dir / f"{cache_key(module, shape, name)}.xml"
         module = _FirstOutput(module).eval()
         core = openvino.Core()
-        if path.is_file():
-            model = core.read_model(str(path))
-        else:
+        model = _read(core, path)
+        if model is None:
             logger.info("converting the %s network for OpenVINO (seconds, once)", name)
             # Traced outside inference mode (a detector is first run inside it).
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
@@ -95,7 +94,12 @@ class OpenVinoNetwork(nn.Module):
                     module, example_input=torch.zeros(shape),
                     input=[[-1 if i in dynamic else n for i, n in enumerate(shape)]],
                 )  # fmt: skip
-            _save(model, path)
+            try:
+                _save(model, path)
+            except OSError as err:  # a read-only home: converted again next time, that is all
+                logger.warning(
+                    "could not keep the converted %s network in %s: %s", name, path.parent, err
+                )
         config = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": cpu_threads(),
@@ -123,6 +127,18 @@ class _FirstOutput(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.module(x)
         return out[0] if isinstance(out, tuple | list) else out
+
+
+def _read(core, path: Path):
+    """The converted model kept at `path`, or None when there is none or it cannot be read (it
+    is converted again and the file replaced)."""
+    if not path.is_file():
+        return None
+    try:
+        return core.read_model(str(path))
+    except RuntimeError as err:
+        logger.warning("converting again: %s could not be read: %s", path, err)
+        return None
 
 
 def _save(model, path: Path) -> None:

@@ -112,6 +112,7 @@ def build_report(
         "profile": {
             "pose": pipeline.estimator.describe(),
             "detector_precision": getattr(pipeline.detector, "precision", None),
+            "detector_backend": getattr(pipeline.detector, "backend", None),
             "batch_size": pipeline.config.batch_size,
         },
         "source": {
@@ -204,8 +205,17 @@ def _versions() -> dict[str, str]:
         "av": av.__version__,
         "opencv": cv2.__version__,
         "numpy": np.__version__,
+        "openvino": _openvino_version(),
         "platform": platform.platform(),
     }
+
+
+def _openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
 
 
 def _plain(value: Any) -> Any:

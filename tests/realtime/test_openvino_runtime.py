@@ -70,6 +70,21 @@ def test_the_conversion_is_cached_by_weights_and_shape(tiny, tmp_path, monkeypat
         OpenVinoNetwork(tiny, (2, 3, 8, 6), cache_dir=tmp_path)
 
 
+def test_a_broken_or_unwritable_cache_is_converted_again(tiny, tmp_path, caplog):
+    x = torch.randn(2, 3, 8, 6)
+    OpenVinoNetwork(tiny, (2, 3, 8, 6), cache_dir=tmp_path)
+    (xml,) = tmp_path.glob("*.xml")
+    xml.write_text("<net")  # cut off
+    again = OpenVinoNetwork(tiny, (2, 3, 8, 6), cache_dir=tmp_path)
+    torch.testing.assert_close(again(x), tiny(x)[0].detach(), rtol=0, atol=1e-5)
+    assert "converting again" in caplog.text and xml.read_text().startswith("<?xml")
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache folder should be
+    network = OpenVinoNetwork(tiny, (2, 3, 8, 6), cache_dir=blocked / "openvino")
+    torch.testing.assert_close(network(x), tiny(x)[0].detach(), rtol=0, atol=1e-5)
+    assert "could not keep the converted network" in caplog.text
+
+
 def test_threads_share_one_network(tiny, tmp_path):
     network = OpenVinoNetwork(tiny, (2, 3, 8, 6), cache_dir=tmp_path)
     inputs = [torch.full((2, 3, 8, 6), float(i)) for i in range(4)]
