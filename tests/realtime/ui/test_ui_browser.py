@@ -124,6 +124,11 @@ def start_webcam(page) -> None:
     page.get_by_text("Click to Access Webcam").click()
     record = page.locator("#camera button.capture-button")
     record.wait_for(timeout=30_000)
+    # The camera view playing first: a click on record before its first frame starts no stream.
+    page.wait_for_function(
+        "() => (document.querySelector('#camera video') || {}).readyState >= 2",
+        timeout=30_000,
+    )
     page.evaluate(_COUNT_FRAMES)
     record.click()
 
