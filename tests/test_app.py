@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from app_module import load_app
 
 from ccm.checkpoint import PoseConfig, save_checkpoint
 from realtime.samples import SYNTHETIC_WALK, SYNTHETIC_WALK_GT, VTEST_SHORT
@@ -165,17 +166,8 @@ def test_demo_with_no_flags_finds_the_figures_with_the_ap_readme_states(tmp_path
     assert 100 * metrics["AP"] == pytest.approx(float(stated.group(1)), abs=2.0)
 
 
-def _load_app():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-    return app
-
-
 def test_every_pipeline_flag_reaches_its_config():
-    app = _load_app()
+    app = load_app()
     args = app.parser().parse_args(
         ["video", "--nms-threshold", "0.5", "--det-every", "3", "--det-size", "320",
          "--min-score", "0.2", "--decoder", "dark", "--blur", "0", "--temporal", "oneeuro"]
@@ -191,7 +183,7 @@ def test_every_pipeline_flag_reaches_its_config():
 
 def test_half_and_tensorrt_flags_build_a_cuda_engine_config():
     # PoseStageConfig checks fp16 and tensorrt against its own device: the flags must set it.
-    app = _load_app()
+    app = load_app()
     for command in ("video", "ui", "bench"):
         for backend in ("eager", "compile", "tensorrt"):
             args = app.parser().parse_args(
@@ -407,7 +399,7 @@ def test_user_errors_are_one_clear_line(tmp_path, pose_checkpoint, make_clip):
 
 
 def test_help_shows_every_default():
-    app = _load_app()
+    app = load_app()
     root = app.parser()
     commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
     for name in ("video", "images", "ui", "bench"):

@@ -8,13 +8,14 @@ A test module makes the fixtures with `server = pytest.fixture(scope="module")(s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from app_module import load_app
 
 from realtime.weights.cli import add_weights_commands
 
@@ -45,11 +46,7 @@ def write_manifest(folder: Path, *entries: dict) -> Path:
 
 def app_main(*argv: str) -> int:
     """`python app.py ARGV...` in this process: app.py's `main`, its error handling included."""
-    spec = importlib.util.spec_from_file_location("app", Path(__file__).parents[1] / "app.py")
-    assert spec is not None and spec.loader is not None
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-    return app.main(list(argv))
+    return load_app().main(list(argv))
 
 
 def run_cli(*argv: str) -> int:

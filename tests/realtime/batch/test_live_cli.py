@@ -4,7 +4,6 @@ random-weight models (the outputs' numbers are checked, not the poses' quality).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import av
 import pytest
+from app_module import load_app
 from streams import free_port, serve, stop, wait_listening
 from ui_server import tiny_checkpoint
 
@@ -39,9 +39,7 @@ def pose_checkpoint(tmp_path_factory) -> Path:
 
 def app_main(cwd: Path, pose: Path, *args: str) -> int:
     """`app.py video ARGS` in this process (no signals to send): its exit code."""
-    spec = importlib.util.spec_from_file_location("live_cli_app", ROOT / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    app = load_app()
     out = str(cwd / "out")
     return app.main(["video", *args, "--out", out, "--pose", str(pose), *MODEL_FLAGS])
 

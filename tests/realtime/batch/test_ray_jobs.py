@@ -3,7 +3,6 @@ the single-process run of the same inputs (the demo weights, on the CPU, one tor
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -18,6 +17,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from app_module import load_app
 
 from realtime.batch.cli import run_images
 from realtime.batch.images import COCO_IMAGES_FILE, COCO_RESULTS_FILE, POSES_FILE, process_images
@@ -228,9 +228,7 @@ def test_images_in_chunks_come_out_as_the_single_process_run(
 
 
 def test_ray_flag_takes_an_address_or_none():
-    spec = importlib.util.spec_from_file_location("ccm_app", ROOT / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    app = load_app()
     parse = app.parser().parse_args
     assert parse(["video", "x.mp4", "--ray"]).ray == "local"
     assert app.ray_options(parse(["video", "x.mp4", "--ray"])) == RayOptions(None, 4)

@@ -8,7 +8,6 @@ with each other, and that people per frame are what was asked for.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import json
 import subprocess
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from app_module import load_app
 
 from realtime.offline import configure_offline
 
@@ -161,10 +161,7 @@ PEERS = ("yolo11n-pose.yaml", "yolo26n-pose.yaml")
 
 @pytest.fixture(scope="module")
 def app():
-    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_app()
 
 
 def test_reference_times_every_peer_on_the_same_frames(tmp_path, options, pipeline):
