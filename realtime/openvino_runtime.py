@@ -90,10 +90,17 @@ class OpenVinoNetwork(nn.Module):
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's notice
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced
-                model = openvino.convert_model(
-                    module, example_input=torch.zeros(shape),
-                    input=[[-1 if i in dynamic else n for i, n in enumerate(shape)]],
-                )  # fmt: skip
+                try:
+                    model = openvino.convert_model(
+                        module, example_input=torch.zeros(shape),
+                        input=[[-1 if i in dynamic else n for i, n in enumerate(shape)]],
+                    )  # fmt: skip
+                except Exception as err:  # OpenVINO's tracer raises several kinds
+                    why = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
+                    raise RuntimeError(
+                        f"the {name} network could not be converted for OpenVINO ({why}); "
+                        "`--backend eager` runs it on PyTorch"
+                    ) from err
             try:
                 _save(model, path)
             except OSError as err:  # a read-only home: converted again next time, that is all

@@ -66,7 +66,7 @@ def test_the_conversion_is_cached_by_weights_and_shape(tiny, tmp_path, monkeypat
     with torch.no_grad():
         tiny.conv.bias += 1  # other weights: another key, converted anew
     assert cache_key(tiny, (2, 3, 8, 6), "network") != key
-    with pytest.raises(AssertionError, match="converted again"):
+    with pytest.raises(RuntimeError, match="could not be converted .*converted again"):
         OpenVinoNetwork(tiny, (2, 3, 8, 6), cache_dir=tmp_path)
 
 
@@ -101,6 +101,21 @@ def test_threads_share_one_network(tiny, tmp_path):
         t.join()
     for i, x in enumerate(inputs):
         torch.testing.assert_close(outputs[i], tiny(x)[0].detach(), rtol=0, atol=1e-5)
+
+
+class Untraceable(nn.Module):
+    def forward(self, x):
+        return {"x": x, "mixed": [x]}  # a tensor and a list in one dict: the tracer refuses it
+
+
+def test_a_network_openvino_cannot_convert_is_named_with_the_way_around(tmp_path):
+    with pytest.raises(
+        RuntimeError,
+        match=r"^the odd network could not be converted for OpenVINO \(.+\); "
+        r"`--backend eager` runs it on PyTorch$",
+    ):
+        OpenVinoNetwork(Untraceable(), (1, 3, 8, 6), name="odd", cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written in the cache
 
 
 def test_bad_openvino_settings_are_refused(tiny, tmp_path):
