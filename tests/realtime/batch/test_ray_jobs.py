@@ -17,7 +17,6 @@ import av
 import cv2
 import numpy as np
 import pytest
-from app_module import load_app
 
 from realtime.batch.cli import run_images
 from realtime.batch.images import COCO_IMAGES_FILE, COCO_RESULTS_FILE, POSES_FILE, process_images
@@ -228,6 +227,8 @@ def test_images_in_chunks_come_out_as_the_single_process_run(
 
 
 def test_ray_flag_takes_an_address_or_none():
+    from app_module import load_app  # here: Ray workers import this module, not tests/
+
     app = load_app()
     parse = app.parser().parse_args
     assert parse(["video", "x.mp4", "--ray"]).ray == "local"
