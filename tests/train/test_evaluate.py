@@ -230,7 +230,7 @@ def test_detection_boxes(synthetic, tmp_path):
 
 
 def test_empty_results_score_zero_with_a_warning(synthetic, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="train.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="train.coco_metrics"):  # the logger that warns
         metrics = coco_evaluate(synthetic.val_annotations, [])
     assert metrics == dict.fromkeys(METRICS, 0.0)
     assert "no keypoint results" in caplog.text
