@@ -238,7 +238,7 @@ def test_empty_results_score_zero_with_a_warning(synthetic, tmp_path, caplog):
     empty = tmp_path / "no_detections.json"
     empty.write_text("[]")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="train.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="train.coco_metrics"):
         metrics = evaluate_model(
             nn.Identity(), CONFIG, synthetic.val_annotations, synthetic.val_images, EvalConfig(),
             empty,
