@@ -10,6 +10,10 @@ it for this CPU (a fraction of a second). On a two-core AVX512-BF16 CPU it ran t
 network 1.5 to 2.5 times and the demo YOLO11n detector 1.9 times as fast as PyTorch (see
 BENCHMARKS.md). Each thread gets its own inference request, so a shared network may be called
 from several threads.
+
+`precision="int8"` quantizes the converted network with NNCF's post-training quantization
+(`nncf.quantize`: int8 weights and activations, ranges measured on `calibration()`, a list of
+typical inputs it calls only when no quantized network is cached) and keeps that too.
 """
 
 from __future__ import annotations
@@ -20,17 +24,21 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from realtime.device import cpu_threads
+from realtime.offline import default_config_dir
 
 logger = logging.getLogger(__name__)
 
-PRECISION_HINTS = {"bf16": "bf16", "fp32": "f32"}
+# The arithmetic OpenVINO is asked for; an int8 network's remaining float operations run in fp32.
+PRECISION_HINTS = {"bf16": "bf16", "fp32": "f32", "int8": "f32"}
+CALIBRATION_VERSION = 1  # part of an int8 network's cache key: bump when calibration changes
 
 
 def openvino_available() -> bool:
@@ -61,7 +69,7 @@ class OpenVinoNetwork(nn.Module):
 
     `shape` is an example input's; `dynamic` lists the input dimensions that may change between
     calls (0: the batch); `precision` "bf16" lets OpenVINO compute in bf16 where the CPU has it,
-    "fp32" keeps fp32.
+    "fp32" keeps fp32, "int8" quantizes with `calibration()` (float32 arrays the network takes).
     """
 
     def __init__(
@@ -72,41 +80,29 @@ class OpenVinoNetwork(nn.Module):
         precision: str = "fp32",
         name: str = "network",
         cache_dir: Path | None = None,
+        calibration: Callable[[], Sequence[np.ndarray]] | None = None,
     ) -> None:
         super().__init__()
         import openvino
 
         if precision not in PRECISION_HINTS:
             raise ValueError(f"openvino precision must be one of {sorted(PRECISION_HINTS)}")
+        if precision == "int8" and calibration is None:
+            raise ValueError("int8 needs calibration inputs to measure activation ranges on")
         self.precision = precision
-        cache_dir = Path(cache_dir or Path.home() / ".cache" / "ccm-pose" / "openvino")
-        path = cache_dir / f"{cache_key(module, shape, name)}.xml"
-        module = _FirstOutput(module).eval()
+        cache_dir = Path(cache_dir or default_cache_dir())
+        key = cache_key(module, shape, name)
+        path = cache_dir / f"{key}.xml"
         core = openvino.Core()
-        model = _read(core, path)
-        if model is None:
-            logger.info("converting the %s network for OpenVINO (seconds, once)", name)
-            # Traced outside inference mode (a detector is first run inside it).
-            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's notice
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced
-                try:
-                    model = openvino.convert_model(
-                        module, example_input=torch.zeros(shape),
-                        input=[[-1 if i in dynamic else n for i, n in enumerate(shape)]],
-                    )  # fmt: skip
-                except Exception as err:  # OpenVINO's tracer raises several kinds
-                    why = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
-                    raise RuntimeError(
-                        f"the {name} network could not be converted for OpenVINO ({why}); "
-                        "`--backend eager` runs it on PyTorch"
-                    ) from err
-            try:
-                _save(model, path)
-            except OSError as err:  # a read-only home: converted again next time, that is all
-                logger.warning(
-                    "could not keep the converted %s network in %s: %s", name, path.parent, err
-                )
+        if precision == "int8":
+            quantized = cache_dir / f"{key}-int8-calibration{CALIBRATION_VERSION}.xml"
+            model = _read(core, quantized)
+            if model is None:
+                model = _quantize(_float_model(core, module, shape, dynamic, name, path),
+                                  calibration(), name)  # fmt: skip
+                _keep(model, quantized, name)
+        else:
+            model = _float_model(core, module, shape, dynamic, name, path)
         config = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": cpu_threads(),
@@ -124,6 +120,33 @@ class OpenVinoNetwork(nn.Module):
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
 
+def _float_model(core, module: nn.Module, shape, dynamic, name: str, path: Path):
+    """The module converted to OpenVINO in fp32: read from `path`, or converted and kept."""
+    import openvino
+
+    module = _FirstOutput(module).eval()
+    model = _read(core, path)
+    if model is None:
+        logger.info("converting the %s network for OpenVINO (seconds, once)", name)
+        # Traced outside inference mode (a detector is first run inside it).
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's notice
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced
+            try:
+                model = openvino.convert_model(
+                    module, example_input=torch.zeros(shape),
+                    input=[[-1 if i in dynamic else n for i, n in enumerate(shape)]],
+                )  # fmt: skip
+            except Exception as err:  # OpenVINO's tracer raises several kinds
+                why = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
+                raise RuntimeError(
+                    f"the {name} network could not be converted for OpenVINO ({why}); "
+                    "`--backend eager` runs it on PyTorch"
+                ) from err
+        _keep(model, path, name)
+    return model
+
+
 class _FirstOutput(nn.Module):
     """A module's first output alone (YOLO returns its raw head outputs beside it)."""
 
@@ -134,6 +157,36 @@ class _FirstOutput(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.module(x)
         return out[0] if isinstance(out, tuple | list) else out
+
+
+def default_cache_dir() -> Path:
+    """Where converted networks are kept: $XDG_CACHE_HOME/ccm-pose/openvino (~/.cache/...)."""
+    return default_config_dir() / "openvino"
+
+
+def _quantize(model, samples: Sequence[np.ndarray], name: str):
+    """`model` with int8 weights and activations (NNCF post-training quantization), the
+    activation ranges measured on `samples`."""
+    try:
+        import nncf
+    except ImportError as err:
+        raise RuntimeError(
+            "int8 needs NNCF: pip install nncf (or choose --precision auto)"
+        ) from err
+    if not samples:
+        raise ValueError(f"no calibration inputs for the {name} network: nothing to quantize on")
+    logger.info("quantizing the %s network to int8 on %d inputs (once)", name, len(samples))
+    return nncf.quantize(
+        model, nncf.Dataset(list(samples)), subset_size=len(samples),
+        preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations: ReLU6 / SiLU outputs
+    )  # fmt: skip
+
+
+def _keep(model, path: Path, name: str) -> None:
+    try:
+        _save(model, path)
+    except OSError as err:  # a read-only home: converted again next time, that is all
+        logger.warning("could not keep the converted %s network in %s: %s", name, path.parent, err)
 
 
 def _read(core, path: Path):

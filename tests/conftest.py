@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
+
+# Networks converted for OpenVINO (and ultralytics' settings) go to a folder of this test
+# session's, which its subprocesses inherit, not to the user's ~/.cache: set before any test
+# module imports the package.
+CACHE_HOME = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ccm-pose-tests-cache-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(CACHE_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -37,31 +37,29 @@ log = logging.getLogger(__name__)
 
 CLIP = VideoConfig(width=960, height=540, fps=15, seconds=4.0, num_people=4)
 
-# label -> (the networks' backend, the pipeline stage's config in live mode); refinement and
-# temporal fusion as the defaults
-SETTINGS: dict[str, tuple[str, PipelineConfig]] = {
+# label -> (the networks' backend and precision, the pipeline stage's config in live mode);
+# refinement and temporal fusion as the defaults
+SETTINGS: dict[str, tuple[str, str, PipelineConfig]] = {
     "PyTorch, detect every frame, flip every frame (before)": (
-        "eager",
-        PipelineConfig(det_every=1, live_flip="always"),
+        "eager", "auto", PipelineConfig(det_every=1, live_flip="always"),
     ),
     "OpenVINO, detect every frame, flip every frame": (
-        "openvino",
-        PipelineConfig(det_every=1, live_flip="always"),
+        "openvino", "auto", PipelineConfig(det_every=1, live_flip="always"),
+    ),
+    "OpenVINO int8, detect every frame, flip every frame": (
+        "openvino", "int8", PipelineConfig(det_every=1, live_flip="always"),
     ),
     "OpenVINO, detect every 3rd, flip every frame": (
-        "openvino",
-        PipelineConfig(det_every=3, live_flip="always"),
+        "openvino", "auto", PipelineConfig(det_every=3, live_flip="always"),
     ),
     "OpenVINO, detect every 3rd, flip between detections": (
-        "openvino",
-        PipelineConfig(det_every=3, live_flip="between"),
+        "openvino", "auto", PipelineConfig(det_every=3, live_flip="between"),
     ),
     "OpenVINO, detect every 3rd, no flip": (
-        "openvino",
-        PipelineConfig(det_every=3, live_flip="never"),
+        "openvino", "auto", PipelineConfig(det_every=3, live_flip="never"),
     ),
-    "live defaults": ("auto", PipelineConfig()),
-}
+    "live defaults": ("auto", "auto", PipelineConfig()),
+}  # fmt: skip
 
 
 def make_clips(out: Path, seeds: Sequence[int]) -> list[Path]:
@@ -89,20 +87,24 @@ def table(clips: Sequence[Path], spec: PipelineSpec | None = None) -> list[list[
     """Rows (setting, AP, AP50, AR, detected, flipped, latency p50, p95) over `clips`."""
     spec = spec or PipelineSpec()
     bases = {
-        backend: build_pipeline(
+        (backend, precision): build_pipeline(
             dataclasses.replace(
                 spec,
-                engine=dataclasses.replace(spec.engine, backend=backend),
+                engine=dataclasses.replace(spec.engine, backend=backend, precision=precision),
                 detection=dataclasses.replace(
-                    spec.detection, backend="torch" if backend == "eager" else backend
+                    spec.detection,
+                    backend="torch" if backend == "eager" else backend,
+                    precision=precision,
                 ),
             )
         )
-        for backend in {backend for backend, _ in SETTINGS.values()}
+        for backend, precision, _ in SETTINGS.values()
     }
     pipelines = {
-        label: bases[backend].sharing_models(config=config, temporal=_temporal(spec.temporal))
-        for label, (backend, config) in SETTINGS.items()
+        label: bases[backend, precision].sharing_models(
+            config=config, temporal=_temporal(spec.temporal)
+        )
+        for label, (backend, precision, config) in SETTINGS.items()
     }
     coco = video_ground_truth([c.with_suffix(".json") for c in clips])
     results = {label: [] for label in SETTINGS}

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import platform
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -78,8 +78,9 @@ class DetectorConfig:
         device: "cpu", "cuda", "cuda:1", ...; None takes the first GPU when there is one.
         half: fp16 inference on CUDA (ignored on the CPU).
         precision: "auto" or "fp32" (fp16 on CUDA with `half`, else fp32: ultralytics' own
-            predictor's numbers) or "bf16" (autocast; on a 2-core AMX CPU it measured no faster
-            for YOLO11n at 320, 13.7 against 12.4 ms a frame, so "auto" keeps fp32).
+            predictor's numbers), "bf16" (autocast; on a 2-core AMX CPU it measured no faster
+            for YOLO11n at 320, 13.7 against 12.4 ms a frame, so "auto" keeps fp32) or "int8"
+            (the openvino backend, quantized: see `realtime.stream.quantize`).
         backend: "torch", "openvino" (the CPU) or "auto" (openvino on the CPU where the package
             is installed: about twice as fast for YOLO11n at 320 on two cores, same boxes to
             1e-3 pixels in fp32; torch elsewhere).
@@ -104,8 +105,10 @@ class DetectorConfig:
             raise ValueError(
                 f"unknown detector backend {self.backend!r}; choose from {DETECTOR_BACKENDS}"
             )
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"detector precision must be auto, fp32 or bf16, got {self.precision}")
+        if self.precision not in ("auto", "fp32", "bf16", "int8"):
+            raise ValueError(
+                f"detector precision must be auto, fp32, bf16 or int8, got {self.precision}"
+            )
         if not 0.0 <= self.conf <= 1.0:
             raise ValueError(f"conf must be in [0, 1], got {self.conf}")
         if not 0.0 <= self.iou <= 1.0:
@@ -154,7 +157,13 @@ class PersonDetector(Detector):
     RGB array uploads it and detects.
     """
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(
+        self,
+        config: DetectorConfig,
+        calibration: Callable[[], Sequence[np.ndarray]] | None = None,
+    ) -> None:
+        """`calibration()` gives typical network inputs for the int8 precision
+        (`realtime.stream.quantize.CalibrationInputs`)."""
         from ultralytics import YOLO
 
         self.config = config
@@ -181,11 +190,14 @@ class PersonDetector(Detector):
             self.config = dataclasses.replace(config, imgsz=trained_size(self.model.overrides))
             log.info("detector input size %d (as trained)", self.config.imgsz)
         self.half = config.half and self.device.type == "cuda"
-        self.precision = "fp16" if self.half else ("bf16" if config.precision == "bf16" else "fp32")
+        self.precision = "fp16" if self.half else config.precision.replace("auto", "fp32")
         self.stride = max(int(self.model.model.stride.max()), 32)
         self._classes = len(self.model.names)
         self._end2end = bool(getattr(self.model.model, "end2end", False))
         self.backend = _resolve_backend(config.backend, self.device)
+        if self.precision == "int8" and self.backend != "openvino":
+            raise ValueError("an int8 detector runs on the openvino backend (the CPU)")
+        self._calibration = calibration
         self._network: torch.nn.Module | None = None
 
     @property
@@ -199,7 +211,9 @@ class PersonDetector(Detector):
             dtype = torch.float16 if self.half else torch.float32
             network = network.eval().to(self.device, dtype)
             if self.backend == "openvino":
-                network = _openvino_network(network, self.config.imgsz, self.precision)
+                network = _openvino_network(
+                    network, self.config.imgsz, self.precision, self._calibration
+                )
             elif _channels_last_cpu(self.device):
                 network.to(memory_format=torch.channels_last)
             self._network = network
@@ -308,7 +322,9 @@ MAX_NMS = 30000  # ultralytics' `max_nms`: most boxes that go into NMS
 LETTERBOX_FILL = 114.0  # ultralytics' grey padding
 
 
-def _openvino_network(network: torch.nn.Module, size: int, precision: str) -> torch.nn.Module:
+def _openvino_network(
+    network: torch.nn.Module, size: int, precision: str, calibration=None
+) -> torch.nn.Module:
     """The YOLO network on OpenVINO, any batch and input size; its heads set up as ultralytics'
     own exporter sets them (anchors made in the graph for each input size, one output)."""
     from ultralytics.nn.modules.head import Detect
@@ -320,8 +336,9 @@ def _openvino_network(network: torch.nn.Module, size: int, precision: str) -> to
         if isinstance(m, Detect):
             m.dynamic, m.export, m.format, m.shape = True, True, "openvino", None
     return OpenVinoNetwork(
-        network, (1, 3, size, size), dynamic=(0, 2, 3), precision=precision, name=f"yolo-{size}"
-    )
+        network, (1, 3, size, size), dynamic=(0, 2, 3), precision=precision, name=f"yolo-{size}",
+        calibration=calibration,
+    )  # fmt: skip
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:

@@ -11,14 +11,15 @@ from realtime.device import resolve_precision
 from realtime.openvino_runtime import openvino_available
 
 BACKENDS = ("auto", "eager", "compile", "tensorrt", "openvino")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
 class PoseStageConfig:
     """How to run the pose network. `flip_alpha` None takes the checkpoint's SSP alpha.
 
-    `precision`: "fp32", "fp16" (CUDA; weights in fp16), "bf16" (autocast) or "auto"
+    `precision`: "fp32", "fp16" (CUDA; weights in fp16), "bf16" (autocast), "int8" (the
+    openvino backend: quantized, see `realtime.stream.quantize`) or "auto"
     (`resolve_precision`); `half` is the same as "fp16". `backend` "auto" is `openvino` on the
     CPU (where the package is installed) and `eager` on CUDA (`resolved_backend`)."""
 
@@ -46,6 +47,8 @@ class PoseStageConfig:
             raise ValueError("fp16 needs a CUDA device")
         if self.backend == "tensorrt" and not str(self.device).startswith("cuda"):
             raise ValueError("the tensorrt backend needs a CUDA device")
+        if self.precision == "int8" and self.resolved_backend != "openvino":
+            raise ValueError("int8 runs on the openvino backend (the CPU, openvino installed)")
         if self.backend == "openvino" and str(self.device) != "cpu":
             raise ValueError(f"the openvino backend runs on the CPU, not {self.device}")
         buckets = list(self.batch_buckets)

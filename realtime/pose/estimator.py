@@ -65,6 +65,8 @@ class PoseEstimator:
 
     `model` is the plain network; the estimator keeps it (`.model`) and runs a copy moved to the
     device and precision. `progress(done, total)` hears about the warm-up of compiled backends.
+    `calibration()` gives typical crops (float32 NumPy batches) for the int8 precision
+    (`realtime.stream.quantize.CalibrationInputs`).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class PoseEstimator:
         pose: PoseConfig,
         config: PoseStageConfig,
         progress: Callable[[int, int], None] | None = None,
+        calibration: Callable[[], Sequence[np.ndarray]] | None = None,
     ) -> None:
         self.pose = pose
         self.config = config
@@ -93,7 +96,7 @@ class PoseEstimator:
         self.fused = False
         decoder = _Decoder(self.codec)
         if self.backend == "openvino":
-            self._network, self._decode = self._openvino(network), decoder
+            self._network, self._decode = self._openvino(network, calibration), decoder
         elif self.backend == "eager":
             self._network, self._decode = self._torch_network(network), decoder
         else:
@@ -274,13 +277,14 @@ class PoseEstimator:
         self.fused = any(isinstance(m, FusedConv) for m in network.modules())
         return network
 
-    def _openvino(self, network: nn.Module) -> nn.Module:
+    def _openvino(self, network: nn.Module, calibration) -> nn.Module:
         from realtime.openvino_runtime import OpenVinoNetwork
 
         shape = (2 * self.crops_per_person, 3, *self.pose.input_size)
         return OpenVinoNetwork(
             network.float(), shape, dynamic=(0,), precision=self.precision,
             name=f"{self.pose.arch}-pose", cache_dir=self.config.cache_dir,
+            calibration=calibration,
         )  # fmt: skip
 
     def _compiled_network(self, network: nn.Module) -> nn.Module:

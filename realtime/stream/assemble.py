@@ -19,6 +19,7 @@ from realtime.device import cpu_threads, leave_cores_to_openvino, resolve_device
 from realtime.pose.config import PoseStageConfig
 from realtime.pose.estimator import PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
+from realtime.stream.quantize import CalibrationInputs
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion
 from realtime.weights.manifest import WEIGHTS_DIR, load_manifest, manifest_path
 from realtime.weights.recommended import demo_notice
@@ -75,10 +76,15 @@ def build_pipeline(options: PipelineSpec) -> PosePipeline:
     engine_config = dataclasses.replace(
         options.engine, device=device, half=options.engine.half and device != "cpu"
     )
-    estimator = PoseEstimator(model, pose_config, engine_config)
-    logger.info("pose stage: %s", ", ".join(f"{k} {v}" for k, v in estimator.describe().items()))
     detection = dataclasses.replace(options.detection, device=device, weights=str(detector_weights))
-    detector = PersonDetector(detection)
+    calibration = None
+    if "int8" in (engine_config.resolved_precision, detection.precision):
+        calibration = CalibrationInputs(model, pose_config, engine_config, detection)
+    estimator = PoseEstimator(
+        model, pose_config, engine_config, calibration=calibration and calibration.pose
+    )
+    logger.info("pose stage: %s", ", ".join(f"{k} {v}" for k, v in estimator.describe().items()))
+    detector = PersonDetector(detection, calibration=calibration and calibration.detector)
     logger.info("person detector: %s (%s, %s, input %d)", detection.weights, detector.backend,
                 detector.precision, detector.config.imgsz)  # fmt: skip
     if estimator.backend == "openvino" and detector.backend == "openvino":

@@ -12,8 +12,12 @@ from train.synthetic.videos import VideoConfig
 from train.video_eval import evaluate_frames
 
 SETTINGS = {
-    "every frame": ("openvino", PipelineConfig(det_every=1, live_flip="always")),
-    "every 3rd, flip between": ("openvino", PipelineConfig(det_every=3, live_flip="between")),
+    "every frame": ("openvino", "auto", PipelineConfig(det_every=1, live_flip="always")),
+    "every 3rd, flip between": (
+        "openvino",
+        "auto",
+        PipelineConfig(det_every=3, live_flip="between"),
+    ),
 }
 
 
@@ -41,7 +45,7 @@ def test_a_single_clip_scores_as_video_eval_scores_its_poses(clips, monkeypatch)
     monkeypatch.setattr(live_study, "SETTINGS", {"every frame": SETTINGS["every frame"]})
     ((_, ap, ap50, ar, *_),) = live_study.table(clips[:1])
     pipeline = build_pipeline(PipelineSpec()).sharing_models(
-        config=SETTINGS["every frame"][1], temporal=live_study._temporal(PipelineSpec().temporal)
+        config=SETTINGS["every frame"][2], temporal=live_study._temporal(PipelineSpec().temporal)
     )
     poses, latency, counts = live_study.run_live(pipeline, clips[0])
     assert len(poses) == len(latency) == counts["frames"] == counts["detected"] == 12
