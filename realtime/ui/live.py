@@ -96,10 +96,16 @@ class LiveStream:
         self.state: StreamState | None = None
         self.built_from: tuple | None = None
         self.first_ms: float | None = None
+        self.last: tuple[int, float] | None = None  # (frame number, ms) of the newest taken
 
     def process(self, data: bytes) -> dict[str, Any] | None:
-        """One frame message -> its poses as a JSON Lines record (None if a newer one won)."""
+        """One frame message -> its poses as a JSON Lines record (None if a newer one won), or
+        `{"skipped": n}` for a frame older than one already taken (messages may overtake each
+        other on the client: its tracks only go forward in time)."""
         index, shown_ms, image = decode_frame(data, self.app.config.max_pixels)
+        if self.last is not None and (index <= self.last[0] or shown_ms <= self.last[1]):
+            return {"skipped": index}
+        self.last = index, shown_ms
         c = self.session.controls
         key = self.app.engine_key(c)
         built_from = (key, c.det_every, c.temporal)

@@ -20,6 +20,7 @@
   let style = null;  // from the server's hello: limbs, colours, keypoint threshold
   let ws = null, stream = null, video, canvas, ctx, grab, grabCtx, button, statusLine;
   let pending = 0, frameIndex = 0, latest = null, lastUpdate = null, interval = null;
+  let sending = Promise.resolve();  // the chain of JPEG sends, in the order frames were taken
   const sentAt = new Map();  // frame index -> when the video showed it (performance.now ms)
 
   function say(text) { live.status = text; statusLine.textContent = text; }
@@ -130,6 +131,7 @@
       return;
     }
     pending = Math.max(0, pending - 1);
+    if (message.skipped !== undefined) { sentAt.delete(message.skipped); return; }
     const shown = sentAt.get(message.frame);
     sentAt.delete(message.frame);
     const now = performance.now();
@@ -166,14 +168,16 @@
     pending += 1;
     sentAt.set(index, shownAt);
     const socket = ws;
-    grab.toBlob(async (blob) => {
+    // JPEG encoding is asynchronous and the first one is slow: send in the order taken.
+    const encoded = new Promise((resolve) => grab.toBlob(resolve, "image/jpeg", live.quality));
+    sending = sending.then(() => encoded).then((blob) => {
       if (!blob || socket !== ws || socket.readyState !== WebSocket.OPEN) return;
       const header = new DataView(new ArrayBuffer(12));
       header.setUint32(0, index, true);
       header.setFloat64(4, shownAt, true);
       socket.send(new Blob([header, blob]));
       live.sent += 1;
-    }, "image/jpeg", live.quality);
+    });
   }
 
   function trackColor(id) {  // as realtime/render.py: golden-ratio hues, saturation 0.7

@@ -106,6 +106,22 @@ def test_the_route_answers_each_frame_with_a_json_lines_record(app):
     assert app.worker.live_streams() == 0  # the closed connection gave its place back
 
 
+def test_a_frame_that_arrives_after_a_newer_one_is_skipped_and_the_stream_goes_on(app):
+    server = FastAPI()
+    mount_live(server, app)
+    with TestClient(server).websocket_connect("/live/ws") as ws:
+        ws.receive_json()  # hello
+        answers = []
+        # 1 overtook 0 (the page's first JPEG is slow to encode); 3 has an older time than 2
+        for index, shown in ((1, 1033.0), (0, 1000.0), (2, 1066.0), (3, 1050.0), (4, 1100.0)):
+            ws.send_bytes(message(index, shown, scene()))
+            answers.append(ws.receive_json())
+    assert answers[1] == {"skipped": 0} and answers[3] == {"skipped": 3}
+    taken = [answers[i] for i in (0, 2, 4)]
+    assert [a["frame"] for a in taken] == [1, 2, 4]
+    assert [a["pts"] for a in taken] == [0.0, 0.033, 0.067]  # s since frame 1, rounded
+
+
 def test_a_visitor_beyond_the_limit_is_told_once_and_never_takes_a_place(app):
     server = FastAPI()
     mount_live(server, app)
