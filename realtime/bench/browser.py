@@ -14,7 +14,11 @@ stream`). Glass-to-glass latency = time the update was drawn - time the camera v
 showed that frame. Also reported: pose updates per second, camera frames per second in the
 page, how many visitors got the busy message, and the server's memory (RSS).
 
-Runs: fresh server per visitor count; `--warmup` seconds of streaming are not counted.
+Runs: fresh server per visitor count; `--warmup` seconds of streaming are not counted. With
+`--rounds R` the same server takes R rounds of visitors, one after the other (each round's pages
+opened, streamed and closed), and its memory is read after each: flat, or growing with visits.
+
+    python -m realtime.bench.browser --visitors 4 --rounds 6 --seconds 10   # visitors come and go
 """
 
 from __future__ import annotations
@@ -230,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=8.0, help="streaming not counted")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--ui-args", default="", help="more arguments for `app.py ui`")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of visitors per server")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
@@ -248,15 +253,17 @@ def main(argv: list[str] | None = None) -> int:
             server = start_server(port, args.ui_args.split())
             query = "?live=off" if args.mode == "stream" else f"?inflight={args.inflight}"
             try:
-                rss0 = rss_mb(server.pid)
-                runs = measure(browser, f"http://127.0.0.1:{port}/{query}", n, args.mode,
-                               args.warmup, args.seconds)  # fmt: skip
-                rss1 = rss_mb(server.pid)
+                rss = [rss_mb(server.pid)]
+                for _ in range(args.rounds):
+                    runs = measure(browser, f"http://127.0.0.1:{port}/{query}", n, args.mode,
+                                   args.warmup, args.seconds)  # fmt: skip
+                    rss.append(rss_mb(server.pid))
+                    table.append({"visitors": n, "mode": args.mode, "rss_mb": rss[-2:],
+                                  "runs": runs})  # fmt: skip
+                    print(row(table[-1]), flush=True)
             finally:
                 server.terminate()
                 server.wait(30)
-            table.append({"visitors": n, "mode": args.mode, "rss_mb": [rss0, rss1], "runs": runs})
-            print(row(table[-1]), flush=True)
         browser.close()
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))

@@ -92,17 +92,23 @@ def check_outputs(out: Path, stem: str) -> list[dict]:
 
 
 @pytest.mark.slow
+def start_display(env: dict) -> subprocess.Popen | None:
+    """A virtual X display (Xvfb; .ci/setup installs it) for `--show`, named in `env`; None
+    where there is no Xvfb."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        return None
+    number = next(n for n in range(90, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    env["DISPLAY"] = f":{number}"
+    return subprocess.Popen([xvfb, f":{number}", "-screen", "0", "1280x800x24", "-nolisten",
+                             "tcp"], stderr=subprocess.DEVNULL)  # fmt: skip
+
+
 def test_udp_stream_until_ctrl_c_in_segments_shown(tmp_path, pose_checkpoint):
     """With Xvfb (apt-get install xvfb; .ci/setup installs it) also `--show` on its display."""
-    xvfb = shutil.which("Xvfb")
-    display = None
     env = dict(os.environ)
-    show = []
-    if xvfb is not None:
-        number = next(n for n in range(90, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
-        display = subprocess.Popen([xvfb, f":{number}", "-screen", "0", "1280x800x24",
-                                    "-nolisten", "tcp"], stderr=subprocess.DEVNULL)  # fmt: skip
-        env["DISPLAY"], show = f":{number}", ["--show"]
+    display = start_display(env)
+    show = ["--show"] if display is not None else []
     port = free_port(socket.SOCK_DGRAM)
     url = f"udp://127.0.0.1:{port}"
     sender = serve(SYNTHETIC_WALK, url)
@@ -132,6 +138,32 @@ def test_udp_stream_until_ctrl_c_in_segments_shown(tmp_path, pose_checkpoint):
     received, processed, dropped = map(int, re.search(STATS, stats).groups())
     assert processed == len(frames) and 0 <= received - processed - dropped <= 1
     assert "p50" in stats and "p95" in stats
+
+
+@pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xdotool")),
+                    reason="needs Xvfb and xdotool (.ci/setup installs them)")  # fmt: skip
+def test_q_in_the_window_stops_the_run_with_finished_outputs(tmp_path, pose_checkpoint):
+    env = dict(os.environ)
+    display = start_display(env)
+    port = free_port(socket.SOCK_DGRAM)
+    url = f"udp://127.0.0.1:{port}"
+    sender = serve(SYNTHETIC_WALK, url)
+    app = start_app(tmp_path, pose_checkpoint, url, "--show", env=env)
+    try:
+        wait_for_lines(app, tmp_path / "out", 3)
+        # The key goes to the source's window (named after it), focused as a user would.
+        subprocess.run(["xdotool", "search", "--sync", "--name", re.escape(url), "windowfocus",
+                        "--sync", "key", "q"], env=env, check=True, timeout=30)  # fmt: skip
+        _, stderr = app.communicate(timeout=120)
+    finally:
+        app.kill()
+        stop(sender)
+        stop(display)
+    assert app.returncode == 0, stderr
+    assert "stopped by the q / Esc key; the outputs are finished" in stderr
+    assert "Traceback" not in stderr
+    lines = check_outputs(tmp_path / "out", f"udp-127.0.0.1-{port}-")
+    assert len(lines) >= 3
 
 
 def test_rtsp_stream_to_its_end(tmp_path, pose_checkpoint, monkeypatch, caplog):
