@@ -37,6 +37,10 @@ CALIBRATION_CLIPS: tuple[Path, ...] = (SYNTHETIC_WALK, VTEST_SHORT)
 CALIBRATION_FRAMES = 50
 
 
+class CalibrationError(ValueError):
+    """The calibration clips gave a network nothing to calibrate on."""
+
+
 class CalibrationInputs:
     """Both networks' inputs on the calibration clips, recorded on the first ask."""
 
@@ -61,10 +65,10 @@ class CalibrationInputs:
     def pose(self) -> list[np.ndarray]:
         crops = self._recorded()["pose"]
         if not crops:
-            raise ValueError(
+            raise CalibrationError(
                 "the detector found nobody in the calibration clips "
                 f"({', '.join(c.name for c in self.clips)}): int8 needs people to calibrate the "
-                "pose network on; choose --precision auto"
+                "pose network on; choose --precision bf16 or fp32"
             )
         return crops
 

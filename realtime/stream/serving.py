@@ -35,6 +35,7 @@ from realtime.io.frames import Frame
 from realtime.pose.config import PoseStageConfig
 from realtime.pose.estimator import PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
+from realtime.stream.quantize import CalibrationInputs
 from realtime.stream.results import FrameResult
 from realtime.stream.state import StreamState
 
@@ -96,11 +97,15 @@ class PipelineCache:
             return pipeline
         loaded = next((p.estimator for k, p in self._pipelines.items() if k.pose == key.pose), None)
         if loaded is not None:  # the same network with other refinement settings
-            estimator = PoseEstimator(loaded.model, loaded.pose, key.config)
+            model, pose = loaded.model, loaded.pose
         else:
             model, pose = load_checkpoint(key.pose)
             logger.info("pose model: %s (%s, input %s)", key.pose, pose.arch, pose.input_size)
-            estimator = PoseEstimator(model, pose, key.config)
+        calibration = None
+        if key.config.resolved_precision == "int8":  # asked for only if none is kept on disk
+            detection = self._models.detector.config
+            calibration = CalibrationInputs(model, pose, key.config, detection).pose
+        estimator = PoseEstimator(model, pose, key.config, calibration=calibration)
         pipeline = self._models.sharing_models(estimator)
         self._pipelines[key] = pipeline
         while len(self._pipelines) > self.capacity:

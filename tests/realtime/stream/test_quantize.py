@@ -12,7 +12,9 @@ from ccm.checkpoint import load_checkpoint
 from realtime.detect.detector import DetectorConfig, PersonDetector
 from realtime.pose.config import PoseStageConfig
 from realtime.stream.assemble import PipelineSpec, build_pipeline
-from realtime.stream.quantize import CalibrationInputs
+from realtime.stream.quantize import CalibrationError, CalibrationInputs
+from realtime.stream.serving import PipelineCache
+from realtime.ui.page import build_demo_pipeline, live_precision
 from realtime.weights.manifest import WEIGHTS_DIR
 from train.coco_metrics import coco_evaluate
 from train.live_study import run_live
@@ -41,7 +43,7 @@ def test_a_detector_that_finds_nobody_cannot_calibrate_the_pose_network():
     model, pose = load_checkpoint(DEMO_POSE)
     blind = DetectorConfig(weights=str(DEMO_DETECTOR), device="cpu", conf=1.0)
     inputs = CalibrationInputs(model, pose, PoseStageConfig(), blind, frames=2)
-    with pytest.raises(ValueError, match="found nobody in the calibration clips.*--precision auto"):
+    with pytest.raises(CalibrationError, match="found nobody in the calibration clips.*bf16 or"):
         inputs.pose()
 
 
@@ -68,6 +70,33 @@ def test_int8_pipeline_scores_as_the_float_one_on_a_held_out_clip(tmp_path):
         assert (pipeline.detector.precision == "int8") == int8
         poses, _, _ = run_live(pipeline, clip)
         scores[precision] = coco_evaluate(coco, coco_results(poses, 0))
-    print({p: {k: round(100 * v, 1) for k, v in s.items()} for p, s in scores.items()})
-    assert scores["auto"]["AP"] > 0.3
+    # measured: AP 50.7 (float) and 49.5 (int8)
+    assert scores["auto"]["AP"] > 0.45
     assert scores["int8"]["AP"] == pytest.approx(scores["auto"]["AP"], abs=0.02)
+    # A browser visitor's other settings: a new int8 engine, calibrated for its own shape.
+    cache = PipelineCache(pipeline, DEMO_POSE)
+    no_flip = cache.get(cache.key(DEMO_POSE, flip_test=False, decoder="parabola"))
+    assert no_flip.estimator.describe()["precision"] == "int8"
+    poses, _, _ = run_live(no_flip.sharing_models(), clip)
+    assert len(poses) == 45 and sum(len(p) for p in poses) >= 45 * 3
+
+
+def test_the_demo_runs_int8_on_the_cpu_unless_a_precision_is_chosen():
+    default = PipelineSpec(device="cpu")
+    chosen = live_precision(default)
+    assert (chosen.engine.precision, chosen.detection.precision) == ("int8", "int8")
+    for flags in (
+        {"engine": PoseStageConfig(precision="bf16")},
+        {"engine": PoseStageConfig(backend="eager")},
+        {"detection": DetectorConfig(backend="torch")},
+    ):
+        options = dataclasses.replace(default, **flags)
+        assert live_precision(options) is options
+
+
+def test_the_demo_stays_float_where_int8_cannot_be_calibrated(caplog, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no int8 networks kept from before
+    blind = PipelineSpec(device="cpu", detection=DetectorConfig(conf=1.0))
+    pipeline, options = build_demo_pipeline(blind)
+    assert options is blind and pipeline.estimator.describe()["precision"] != "int8"
+    assert "both networks stay float: the detector found nobody" in caplog.text
