@@ -18,6 +18,7 @@ typical inputs it calls only when no quantized network is cached) and keeps that
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -49,6 +50,17 @@ def openvino_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@functools.cache
+def shared_core():
+    """The process's one `openvino.Core`, never destroyed. Its CPU plugin gives the thread that
+    loads it an alternate signal stack and, when destroyed, restores the one it found: cores
+    destroyed in another order than made leave a freed stack in place, and the next Python
+    signal handler on that thread (Ctrl-C, a child's SIGCHLD) ends the process with SIGSEGV."""
+    import openvino
+
+    return openvino.Core()
 
 
 def cache_key(module: nn.Module, shape: Sequence[int], name: str) -> str:
@@ -83,8 +95,6 @@ class OpenVinoNetwork(nn.Module):
         calibration: Callable[[], Sequence[np.ndarray]] | None = None,
     ) -> None:
         super().__init__()
-        import openvino
-
         if precision not in PRECISION_HINTS:
             raise ValueError(f"openvino precision must be one of {sorted(PRECISION_HINTS)}")
         if precision == "int8" and calibration is None:
@@ -93,7 +103,7 @@ class OpenVinoNetwork(nn.Module):
         cache_dir = Path(cache_dir or default_cache_dir())
         key = cache_key(module, shape, name)
         path = cache_dir / f"{key}.xml"
-        core = openvino.Core()
+        core = shared_core()
         if precision == "int8":
             quantized = cache_dir / f"{key}-int8-calibration{CALIBRATION_VERSION}.xml"
             model = _read(core, quantized)

@@ -4,6 +4,9 @@ once and read from its cache after, and both networks of the pipeline run on it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -226,3 +229,40 @@ def test_int8_is_quantized_on_the_calibration_inputs_once_and_kept(tiny, tmp_pat
     with pytest.raises(ValueError, match="no calibration inputs for the empty network"):
         OpenVinoNetwork(tiny, (2, 3, 8, 6), precision="int8", name="empty",
                         cache_dir=tmp_path, calibration=list)  # fmt: skip
+
+
+_NETWORKS_COME_AND_GO = """
+import gc, os, signal, sys
+import numpy as np, torch
+from torch import nn
+from realtime.openvino_runtime import OpenVinoNetwork
+
+cache = sys.argv[1]
+torch.manual_seed(0)
+module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval()
+samples = [np.random.default_rng(i).normal(size=(2, 3, 8, 6)).astype(np.float32) for i in range(8)]
+first = OpenVinoNetwork(module, (2, 3, 8, 6), cache_dir=cache)
+second = OpenVinoNetwork(module, (2, 3, 8, 6), precision="int8", cache_dir=cache,
+                         calibration=lambda: samples)
+x = torch.randn(2, 3, 8, 6)
+first(x), second(x)
+del first; gc.collect()  # networks go in the order they came, as a cache evicts them
+del second; gc.collect()
+caught = []
+signal.signal(signal.SIGUSR1, lambda *_: caught.append(1))
+os.kill(os.getpid(), signal.SIGUSR1)  # a Python handler runs on this (the main) thread
+print("caught", len(caught))
+"""
+
+
+def test_networks_that_come_and_go_leave_signal_handlers_working(tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's signal stack per Core; networks dropped in the
+    order they were made used to leave a freed one, and the next Python signal handler (Ctrl-C,
+    a DataLoader worker's SIGCHLD) crashed the process with SIGSEGV."""
+    done = subprocess.run(
+        [sys.executable, "-c", _NETWORKS_COME_AND_GO, str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "caught 1"
