@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import av
 import imageio_ffmpeg
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
@@ -70,6 +72,27 @@ def to_transport_stream(clip: Path, out: Path) -> Path:
         check=True,
     )  # fmt: skip
     return out
+
+
+def serve_in_bursts(stream: Path, port: int, frames: int, every: float) -> threading.Thread:
+    """A TCP server thread for one client, sending the MPEG-TS file `stream` `frames` video
+    frames at a time, one burst every `every` seconds (a network that holds frames back and
+    then delivers them together), then closing the connection."""
+    with av.open(str(stream)) as container:
+        starts = [p.pos for p in container.demux(video=0) if p.size and p.pos is not None]
+    data = stream.read_bytes()
+    cuts = [0, *starts[frames::frames], len(data)]
+    listener = socket.create_server(("127.0.0.1", port))
+
+    def send() -> None:
+        with listener, listener.accept()[0] as client:
+            for begin, end in zip(cuts[:-1], cuts[1:], strict=True):
+                client.sendall(data[begin:end])
+                time.sleep(every)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
 
 
 def stop(process: subprocess.Popen) -> None:

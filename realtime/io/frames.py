@@ -13,7 +13,8 @@ Two modes:
 - realtime (`realtime=True`): the buffer holds only the newest frame; a frame the consumer has
   not taken when the next one arrives is dropped and counted in `source.dropped`, so the
   latency from capture to processing stays at most one frame. A file in realtime mode is played
-  at its frame rate (times `playback_rate`), as a camera would deliver it.
+  at its frame rate (times `playback_rate`), as a camera would deliver it. Live network sources
+  also keep the frames that arrived in one burst with the newest (`_FrameBuffer.burst_s`).
 
 An error on the reader thread is raised in the consumer (as a RuntimeError whose cause is the
 original error) once the frames read before it have been consumed; it never ends the stream
@@ -97,12 +98,21 @@ class _FrameBuffer:
     With `drop_oldest`, a put on a full buffer discards the oldest frame (realtime); otherwise
     it waits for room (batch). The end of the stream and a reader error are flags, not items,
     so they are never dropped and never displace a frame.
+
+    `burst_s` (realtime): a waiting frame is kept as long as no frame captured more than
+    `burst_s` seconds after it has arrived, up to `BURST_FRAMES`. A network stream that stalls
+    for a moment and then delivers its frames in one clump loses none of them for no gain in
+    latency, while a regular stream the consumer cannot keep up with still gives only its
+    newest frame. 0 (the default) keeps only the newest.
     """
+
+    BURST_FRAMES = 4
 
     def __init__(self, capacity: int, drop_oldest: bool) -> None:
         self._frames: collections.deque[Frame] = collections.deque()
         self._capacity = capacity
         self._drop_oldest = drop_oldest
+        self.burst_s = 0.0
         self._cond = threading.Condition()
         self._finished = False
         self._closed = False
@@ -119,11 +129,16 @@ class _FrameBuffer:
                 self._cond.wait()
             if self._closed:
                 return False
-            if len(self._frames) >= self._capacity:
-                self._frames.popleft()
-                self.dropped += 1
             self._frames.append(frame)
             self.produced += 1
+            if self._drop_oldest:
+                capacity = self.BURST_FRAMES if self.burst_s > 0 else self._capacity
+                while len(self._frames) > capacity or (
+                    len(self._frames) > 1
+                    and self._frames[0].captured < frame.captured - self.burst_s
+                ):
+                    self._frames.popleft()
+                    self.dropped += 1
             self._cond.notify_all()
             return True
 

@@ -6,13 +6,14 @@
                 ...                     # the source was away before this frame
             when = source.wall_time(frame)
 
-`LiveSource` is a realtime `FrameSource` (newest frame only, drops counted in `dropped`) over
-one connection at a time, a `realtime.io.sources` camera or stream source. A connection that
-ends, fails, stalls (no data for `timeout` seconds: PyAV's read timeout is the watchdog) or
-changes its frame size is closed and reopened with backoff (0.5 s, doubling to 10 s), each
-attempt logged, up to `reconnect` times in a row (None: until stopped). Frame indices run on
-across connections and `pts` is seconds since the source was opened, so a gap shows as a jump
-in both; each gap is also kept as a `Gap` for the frame after it.
+`LiveSource` is a realtime `FrameSource` (newest frame only, drops counted in `dropped`; the
+frames a network delivers in one burst count as newest together) over one connection at a
+time, a `realtime.io.sources` camera or stream source. A connection that ends, fails, stalls
+(no data for `timeout` seconds: PyAV's read timeout is the watchdog) or changes its frame size
+is closed and reopened with backoff (0.5 s, doubling to 10 s), each attempt logged, up to
+`reconnect` times in a row (None: until stopped). Frame indices run on across connections and
+`pts` is seconds since the source was opened, so a gap shows as a jump in both; each gap is
+also kept as a `Gap` for the frame after it.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class LiveSource(FrameSource):
         self._wall_offset = time.time() - self._start
         info = self._connection.info
         self.info = SourceInfo(spec, info.fps, info.width, info.height, None, None, live=True)
+        # Frames decoded within half a frame interval of each other came in one burst (the
+        # network held them back): all of them are processed, not only the newest.
+        self._buffer.burst_s = 0.5 / info.fps
 
     def wall_time(self, frame: Frame) -> float:
         """When `frame` was captured, in seconds since the epoch."""

@@ -15,12 +15,12 @@ from pathlib import Path
 import av
 import pytest
 import torch
-from streams import free_port, serve, stop, to_transport_stream, wait_listening
+from streams import free_port, serve, serve_in_bursts, stop, to_transport_stream, wait_listening
 
 from ccm.poses import FramePoses
 from realtime.batch.live import live_specs, source_slug
 from realtime.batch.segments import LiveSegment
-from realtime.io.frames import Frame
+from realtime.io.frames import Frame, _FrameBuffer
 from realtime.io.live import Gap, LiveOptions, LiveSource, is_live_spec
 from realtime.samples import SYNTHETIC_WALK
 from realtime.stream.results import FrameResult
@@ -124,6 +124,62 @@ def test_tcp_stream_that_drops_is_reopened_with_backoff_when_it_returns():
     back = next(k for k, f in enumerate(frames) if f.index >= gaps[0].before_frame)
     assert frames[back].index == gaps[0].before_frame
     assert frames[back].pts - frames[back - 1].pts >= 1.0  # the second server's first frame
+
+
+def test_realtime_buffer_keeps_a_burst_and_drops_what_a_later_frame_makes_stale(clip_image):
+    def frame(index: int, captured: float) -> Frame:
+        return Frame(index, index / 15, clip_image(index, 8, 8), captured)
+
+    def put_and_take(buffer: _FrameBuffer, *frames: Frame) -> list[int]:
+        for f in frames:
+            buffer.put(f)
+        taken = []
+        while len(buffer):
+            taken.append(buffer.get().index)
+        return taken
+
+    newest = _FrameBuffer(1, drop_oldest=True)
+    burst = _FrameBuffer(1, drop_oldest=True)
+    burst.burst_s = 0.03
+    together = [frame(i, 10.0 + 0.004 * i) for i in range(3)]  # one burst, 4 ms apart
+    assert put_and_take(newest, *together) == [2] and newest.dropped == 2
+    assert put_and_take(burst, *together) == [0, 1, 2] and burst.dropped == 0
+    # Regular frames one interval apart: only the newest, as without bursts.
+    regular = [frame(3 + i, 11.0 + i / 15) for i in range(3)]
+    assert put_and_take(burst, *regular) == [5] and burst.dropped == 2
+    # A burst, then a frame more than burst_s after it: the burst is stale.
+    late = [frame(6, 12.0), frame(7, 12.01), frame(8, 12.05)]
+    assert put_and_take(burst, *late) == [8] and burst.dropped == 4
+    # A burst longer than BURST_FRAMES keeps its newest BURST_FRAMES.
+    long = [frame(9 + i, 13.0 + 0.001 * i) for i in range(6)]
+    assert put_and_take(burst, *long) == [11, 12, 13, 14] and burst.dropped == 6
+
+
+def test_stream_delivered_in_bursts_loses_no_frame(tmp_path: Path, make_clip):
+    """A network that delivers three frames at once every 0.2 s: the consumer keeps up with
+    15 fps on average, so every frame is processed, although two of each three find a newer one
+    waiting (the newest-only rule would drop a third of them). Opening the stream reads its
+    first second or so, a backlog of stale frames of which only the newest few are kept."""
+    clip = make_clip(tmp_path / "clip.mp4", 60, (192, 320), fps=15)
+    stream = to_transport_stream(clip, tmp_path / "clip.ts")
+    received: dict[float | None, list[int]] = {}
+    for burst_s in (None, 0.0):
+        port = free_port()
+        server = serve_in_bursts(stream, port, frames=3, every=0.2)
+        with LiveSource(f"tcp://127.0.0.1:{port}", LiveOptions(timeout=5.0, reconnect=0)) as source:
+            assert source._buffer.burst_s == pytest.approx(0.5 / 15)
+            if burst_s is not None:
+                source._buffer.burst_s = burst_s  # the newest-only rule, for comparison
+            received[burst_s] = []
+            for frame in source:
+                received[burst_s].append(frame.index)
+                time.sleep(0.02)  # the pipeline's share: 3 frames in 60 of every 200 ms
+            assert source.ended_cleanly
+            dropped = source.dropped
+        server.join(10)
+        assert dropped == 60 - len(received[burst_s])
+    assert received[None][-36:] == list(range(24, 60))  # the last 12 bursts, whole
+    assert len([i for i in received[0.0] if i >= 24]) <= 24  # one in each of 12 dropped
 
 
 def test_stream_that_ends_is_not_reopened_with_reconnect_zero():
