@@ -217,7 +217,7 @@ def run_live(specs: Sequence[str], out: Path, options: PipelineSpec, run: LiveRu
     if run.show:
         check_display()
     remove_stale_parts(out)  # temporary files of runs that were killed
-    pipeline = load_pipeline(options)
+    pipeline = load_pipeline(options, live=True)
     opened = _open_all(list(specs), run.source)
     failed = [(spec, why) for spec, why in zip(specs, opened, strict=True) if isinstance(why, str)]
     for spec, why in failed:

@@ -17,7 +17,7 @@ import signal
 from pathlib import Path
 
 from realtime.batch.report import describe
-from realtime.stream.assemble import PipelineSpec, build_pipeline
+from realtime.stream.assemble import PipelineSpec, build_live_pipeline, build_pipeline
 from realtime.stream.pipeline import PosePipeline
 from realtime.weights.verify import UntrustedWeightsError
 
@@ -111,11 +111,11 @@ def check_out_dir(out: Path) -> None:
         raise UsageError(f"--out {out}: the folder is not writable; choose another with --out")
 
 
-def load_pipeline(options: PipelineSpec) -> PosePipeline:
-    """`build_pipeline`, with a failure to load either model turned into one line that names
-    the flag to fix."""
+def load_pipeline(options: PipelineSpec, live: bool = False) -> PosePipeline:
+    """`build_pipeline` (`build_live_pipeline` for live sources), with a failure to load either
+    model turned into one line that names the flag to fix."""
     try:
-        return build_pipeline(options)
+        return build_live_pipeline(options)[0] if live else build_pipeline(options)
     except (KeyboardInterrupt, UsageError):
         raise
     except UntrustedWeightsError as err:

@@ -70,7 +70,7 @@ from realtime.device import resolve_device
 from realtime.io.frames import Frame
 from realtime.io.sinks import JsonlWriter, Mp4Writer
 from realtime.render import render_frame
-from realtime.stream.assemble import PipelineSpec, build_pipeline
+from realtime.stream.assemble import PipelineSpec, build_live_pipeline, build_pipeline
 from realtime.stream.pipeline import PosePipeline
 from realtime.stream.results import FrameResult
 
@@ -208,7 +208,9 @@ def run_benchmark(
         for weights in config.reference_weights:
             check_reference_weights(weights, options.detection.trust)
     config.out.mkdir(parents=True, exist_ok=True)
-    base = pipeline or build_pipeline(options)
+    if pipeline is None:  # latency mode is a live source: its defaults (int8 on a CPU)
+        pipeline = build_live_pipeline(options)[0] if latency_mode else build_pipeline(options)
+    base = pipeline
     people = PeopleOverride(config.fixed_people, ground_truth)
     stage_config = dataclasses.replace(
         base.config, sync_timing=latency_mode or base.config.sync_timing

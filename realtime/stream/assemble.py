@@ -1,12 +1,14 @@
 """Build a ready pipeline from plain options: the one place that knows every stage's config.
 
 `app.py` parses flags into `PipelineSpec` and calls `build_pipeline` once; the CLI, the
-Gradio UI and the benchmark all share the result.
+Gradio UI and the benchmark all share the result. Live work (cameras and streams, the browser
+webcam, `bench --mode latency`) builds with `build_live_pipeline`: int8 networks on a CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from realtime.device import cpu_threads, leave_cores_to_openvino, resolve_device
 from realtime.pose.config import PoseStageConfig
 from realtime.pose.estimator import PoseEstimator
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
-from realtime.stream.quantize import CalibrationInputs
+from realtime.stream.quantize import CalibrationError, CalibrationInputs
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion
 from realtime.weights.manifest import WEIGHTS_DIR, load_manifest, manifest_path
 from realtime.weights.recommended import demo_notice
@@ -93,3 +95,38 @@ def build_pipeline(options: PipelineSpec) -> PosePipeline:
         logger.info("both networks on OpenVINO (%d threads); PyTorch keeps one", cpu_threads())
     temporal = TemporalFusion(options.temporal) if options.temporal.method != "none" else None
     return PosePipeline(detector, estimator, temporal, options.pipeline)
+
+
+def live_precision(options: PipelineSpec) -> PipelineSpec:
+    """The networks for live work: int8 where both run on OpenVINO on the CPU and no precision
+    was chosen, else `options` as they are. On two cores int8 cut a live frame's latency by
+    about a third at the same AP on held-out clips, and gave one browser visitor 23 pose
+    updates/s against 17 (BENCHMARKS.md). Files keep float: they are not waited for."""
+    engine, detection = options.engine, options.detection
+    chosen = engine.precision != "auto" or detection.precision != "auto" or engine.half
+    if chosen or engine.resolved_backend != "openvino" or detection.backend == "torch":
+        return options
+    if importlib.util.find_spec("nncf") is None:
+        logger.info("both networks float: int8 would need NNCF (pip install nncf)")
+        return options
+    logger.info("live: both networks in int8 on this CPU (`--precision bf16` or `fp32` keeps "
+                "them float)")  # fmt: skip
+    return dataclasses.replace(
+        options,
+        engine=dataclasses.replace(engine, precision="int8"),
+        detection=dataclasses.replace(detection, precision="int8"),
+    )
+
+
+def build_live_pipeline(options: PipelineSpec) -> tuple[PosePipeline, PipelineSpec]:
+    """The pipeline for live work and the options it was built with: `live_precision`'s, or
+    `options` with a warning where int8 cannot be calibrated (the detector finds nobody in the
+    calibration clips)."""
+    live = live_precision(options)
+    if live is options:
+        return build_pipeline(options), options
+    try:
+        return build_pipeline(live), live
+    except CalibrationError as err:
+        logger.warning("both networks stay float: %s", err)
+        return build_pipeline(options), options

@@ -85,10 +85,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, temporal: bool = Tru
                         help="fp16 on CUDA for the pose network and detector")
     models.add_argument("--precision", choices=PRECISIONS, default=pose.precision,
                         help="arithmetic of both networks: auto = bf16 on a CPU with AMX / "
-                        "AVX512-BF16, fp16 on CUDA with --half, else fp32 (the browser demo: int8 "
-                        "on a CPU); int8 = both quantized for OpenVINO on the CPU, calibrated "
-                        "once on the bundled clips (a third faster a live frame, same AP: see "
-                        "BENCHMARKS.md)")
+                        "AVX512-BF16, fp16 on CUDA with --half, else fp32 (live sources, the "
+                        "browser demo and bench --mode latency: int8 on a CPU); int8 = both "
+                        "quantized for OpenVINO on the CPU, calibrated once on the bundled clips "
+                        "(a third faster a live frame, same AP: see BENCHMARKS.md)")
     models.add_argument("--batch-size", type=COUNT, default=pipe.batch_size, help="frames of a "
                         "file that go through the detector and the pose network together")
     refine = parser.add_argument_group("refinement (paper Sec. 5)")

@@ -28,8 +28,6 @@ record out), the video tab's as `/process_video`.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import inspect
 import logging
 import os
@@ -42,13 +40,8 @@ from pathlib import Path
 import gradio as gr
 
 from realtime.device import resolve_device
-from realtime.stream.assemble import (
-    PipelineSpec,
-    build_pipeline,
-    default_pose_checkpoint,
-)
+from realtime.stream.assemble import PipelineSpec, build_live_pipeline, default_pose_checkpoint
 from realtime.stream.pipeline import PosePipeline
-from realtime.stream.quantize import CalibrationError
 from realtime.stream.serving import PipelineCache
 from realtime.ui.live import HEAD as LIVE_HEAD
 from realtime.ui.live import mount_live
@@ -109,7 +102,7 @@ _HELP_SETTINGS = (
 def build_ui(
     pipeline: PosePipeline, options: PipelineSpec, config: UiConfig | None = None
 ) -> gr.Blocks:
-    """The page around `pipeline` (built by `build_pipeline(options)`); queue set, not launched."""
+    """The page around `pipeline` (`build_live_pipeline(options)`); queue set, not launched."""
     config = config or UiConfig()
     pose_path = Path(options.pose or default_pose_checkpoint(config.weights_dir)).resolve()
     engines = PipelineCache(pipeline, pose_path, capacity=config.engines)
@@ -272,40 +265,6 @@ _CSS = "#pose-model input, #pose-model .token, #pose-model li { text-overflow: c
 )
 
 
-def live_precision(options: PipelineSpec) -> PipelineSpec:
-    """The demo's networks: int8 where both run on OpenVINO on the CPU and no precision was
-    chosen, else `options` as they are. On two cores, with the browsers on the same cores, int8
-    gave one visitor 23 pose updates/s against 17 and four visitors 6.2 each against 3.4, at the
-    same AP on held-out clips (BENCHMARKS.md)."""
-    engine, detection = options.engine, options.detection
-    chosen = engine.precision != "auto" or detection.precision != "auto" or engine.half
-    if chosen or engine.resolved_backend != "openvino" or detection.backend == "torch":
-        return options
-    if importlib.util.find_spec("nncf") is None:
-        logger.info("both networks float: int8 would need NNCF (pip install nncf)")
-        return options
-    logger.info("the demo runs both networks in int8 on this CPU (`--precision bf16` or `fp32` "
-                "keeps them float)")  # fmt: skip
-    return dataclasses.replace(
-        options,
-        engine=dataclasses.replace(engine, precision="int8"),
-        detection=dataclasses.replace(detection, precision="int8"),
-    )
-
-
-def build_demo_pipeline(options: PipelineSpec) -> tuple[PosePipeline, PipelineSpec]:
-    """The demo's pipeline and the options it was built with: `live_precision`'s, or `options`
-    with a warning where int8 cannot be calibrated (the detector finds nobody in the clips)."""
-    live = live_precision(options)
-    if live is options:
-        return build_pipeline(options), options
-    try:
-        return build_pipeline(live), live
-    except CalibrationError as err:
-        logger.warning("both networks stay float: %s", err)
-        return build_pipeline(options), options
-
-
 def launch(
     options: PipelineSpec,
     port: int | None = None,
@@ -315,6 +274,6 @@ def launch(
     """Build the pipeline once and serve the page until interrupted."""
     resolve_port(port)  # a bad port fails before the models load
     limit_malloc_arenas()
-    pipeline, options = build_demo_pipeline(options)
+    pipeline, options = build_live_pipeline(options)
     demo = build_ui(pipeline, options, config or UiConfig())
     serve(demo, port, share, block=True)

@@ -27,8 +27,11 @@ from realtime.batch import live
 from realtime.samples import SYNTHETIC_WALK
 
 ROOT = Path(__file__).resolve().parents[3]
+# A random detector that finds three boxes a frame, float networks: these tests are about the
+# streams (the first one runs the shipped defaults, int8 networks on the demo weights).
 MODEL_FLAGS = ["--detector", "yolo11n.yaml", "--det-conf", "0", "--det-max", "3",
-               "--det-size", "320", "--min-score", "0", "--device", "cpu"]  # fmt: skip
+               "--det-size", "320", "--min-score", "0", "--device", "cpu",
+               "--precision", "fp32"]  # fmt: skip
 STATS = r"(\d+) frames received, (\d+) processed, (\d+) dropped; latency capture to JSON line"
 
 
@@ -44,9 +47,12 @@ def app_main(cwd: Path, pose: Path, *args: str) -> int:
     return app.main(["video", *args, "--out", out, "--pose", str(pose), *MODEL_FLAGS])
 
 
-def start_app(cwd: Path, pose: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "app.py"), "video", *args, "--out", "out",
-               "--pose", str(pose), *MODEL_FLAGS]  # fmt: skip
+def start_app(
+    cwd: Path, pose: Path | None, *args: str, env: dict | None = None
+) -> subprocess.Popen:
+    """`app.py video ARGS` in a process of its own; `pose` None: every model flag at its default."""
+    models = ["--pose", str(pose), *MODEL_FLAGS] if pose is not None else []
+    command = [sys.executable, str(ROOT / "app.py"), "video", *args, "--out", "out", *models]
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)  # fmt: skip
 
@@ -104,15 +110,16 @@ def start_display(env: dict) -> subprocess.Popen | None:
                              "tcp"], stderr=subprocess.DEVNULL)  # fmt: skip
 
 
-def test_udp_stream_until_ctrl_c_in_segments_shown(tmp_path, pose_checkpoint):
-    """With Xvfb (apt-get install xvfb; .ci/setup installs it) also `--show` on its display."""
+def test_udp_stream_until_ctrl_c_in_segments_shown(tmp_path):
+    """The shipped defaults (demo weights, int8 networks on a CPU). With Xvfb (apt-get install
+    xvfb; .ci/setup installs it) also `--show` on its display."""
     env = dict(os.environ)
     display = start_display(env)
     show = ["--show"] if display is not None else []
     port = free_port(socket.SOCK_DGRAM)
     url = f"udp://127.0.0.1:{port}"
     sender = serve(SYNTHETIC_WALK, url)
-    app = start_app(tmp_path, pose_checkpoint, url, "--segment", "0.05", *show, env=env)
+    app = start_app(tmp_path, None, url, "--segment", "0.05", *show, env=env)
     try:
         wait_for_lines(app, tmp_path / "out", 3)
         time.sleep(4)  # into a second segment (3 s each)
@@ -134,6 +141,10 @@ def test_udp_stream_until_ctrl_c_in_segments_shown(tmp_path, pose_checkpoint):
     captured = [r["captured"] for r in lines]
     assert captured == sorted(captured)
     assert "stopped by SIGINT; the outputs are finished" in stderr
+    assert "live: both networks in int8 on this CPU" in stderr
+    assert "both networks stay float" not in stderr
+    people = [len(r["poses"]) for r in lines]  # the clip's four walkers, found in int8
+    assert sum(1 for n in people if n >= 3) >= 0.8 * len(people)
     [stats] = [line for line in stderr.splitlines() if "frames received" in line]
     received, processed, dropped = map(int, re.search(STATS, stats).groups())
     assert processed == len(frames) and 0 <= received - processed - dropped <= 1

@@ -11,10 +11,14 @@ import pytest
 from ccm.checkpoint import load_checkpoint
 from realtime.detect.detector import DetectorConfig, PersonDetector
 from realtime.pose.config import PoseStageConfig
-from realtime.stream.assemble import PipelineSpec, build_pipeline
+from realtime.stream.assemble import (
+    PipelineSpec,
+    build_live_pipeline,
+    build_pipeline,
+    live_precision,
+)
 from realtime.stream.quantize import CalibrationError, CalibrationInputs
 from realtime.stream.serving import PipelineCache
-from realtime.ui.page import build_demo_pipeline, live_precision
 from realtime.weights.manifest import WEIGHTS_DIR
 from train.coco_metrics import coco_evaluate
 from train.live_study import run_live
@@ -97,6 +101,6 @@ def test_the_demo_runs_int8_on_the_cpu_unless_a_precision_is_chosen():
 def test_the_demo_stays_float_where_int8_cannot_be_calibrated(caplog, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no int8 networks kept from before
     blind = PipelineSpec(device="cpu", detection=DetectorConfig(conf=1.0))
-    pipeline, options = build_demo_pipeline(blind)
+    pipeline, options = build_live_pipeline(blind)
     assert options is blind and pipeline.estimator.describe()["precision"] != "int8"
     assert "both networks stay float: the detector found nobody" in caplog.text
