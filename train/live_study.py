@@ -26,7 +26,7 @@ import torch
 
 from realtime.device import cpu_threads
 from realtime.io.sources import open_source
-from realtime.stream.assemble import PipelineSpec, build_pipeline
+from realtime.stream.assemble import PipelineSpec, build_live_pipeline, build_pipeline
 from realtime.stream.pipeline import PipelineConfig, PosePipeline
 from realtime.temporal.fusion import TemporalConfig, TemporalFusion
 from train.coco_metrics import coco_evaluate, format_table
@@ -86,20 +86,8 @@ def run_live(pipeline: PosePipeline, clip: Path) -> tuple[list, list[float], dic
 def table(clips: Sequence[Path], spec: PipelineSpec | None = None) -> list[list[str]]:
     """Rows (setting, AP, AP50, AR, detected, flipped, latency p50, p95) over `clips`."""
     spec = spec or PipelineSpec()
-    bases = {
-        (backend, precision): build_pipeline(
-            dataclasses.replace(
-                spec,
-                engine=dataclasses.replace(spec.engine, backend=backend, precision=precision),
-                detection=dataclasses.replace(
-                    spec.detection,
-                    backend="torch" if backend == "eager" else backend,
-                    precision=precision,
-                ),
-            )
-        )
-        for backend, precision, _ in SETTINGS.values()
-    }
+    models = {(backend, precision) for backend, precision, _ in SETTINGS.values()}
+    bases = {key: _base(spec, *key) for key in models}  # each loaded once, shared by its settings
     pipelines = {
         label: bases[backend, precision].sharing_models(
             config=config, temporal=_temporal(spec.temporal)
@@ -132,6 +120,21 @@ def table(clips: Sequence[Path], spec: PipelineSpec | None = None) -> list[list[
             f"{np.percentile(latency[label], 50):.1f}", f"{np.percentile(latency[label], 95):.1f}",
         ])  # fmt: skip
     return rows
+
+
+def _base(spec: PipelineSpec, backend: str, precision: str) -> PosePipeline:
+    """The models for one (backend, precision) of `SETTINGS`; ("auto", "auto") as live sources
+    get them (`build_live_pipeline`: int8 on a CPU)."""
+    spec = dataclasses.replace(
+        spec,
+        engine=dataclasses.replace(spec.engine, backend=backend, precision=precision),
+        detection=dataclasses.replace(
+            spec.detection, backend="torch" if backend == "eager" else backend, precision=precision
+        ),
+    )
+    if (backend, precision) == ("auto", "auto"):
+        return build_live_pipeline(spec)[0]
+    return build_pipeline(spec)
 
 
 def _temporal(config: TemporalConfig) -> TemporalFusion | None:

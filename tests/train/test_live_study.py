@@ -51,3 +51,11 @@ def test_a_single_clip_scores_as_video_eval_scores_its_poses(clips, monkeypatch)
     assert len(poses) == len(latency) == counts["frames"] == counts["detected"] == 12
     metrics = evaluate_frames(clips[0].with_suffix(".json"), poses)
     assert [ap, ap50, ar] == [f"{100 * metrics[k]:.1f}" for k in ("AP", "AP50", "AR")]
+
+
+def test_the_live_defaults_row_runs_what_live_sources_get():
+    live = live_study._base(PipelineSpec(), "auto", "auto")
+    assert live_study.SETTINGS["live defaults"][:2] == ("auto", "auto")
+    assert (live.estimator.describe()["precision"], live.detector.precision) == ("int8", "int8")
+    float_row = live_study._base(PipelineSpec(), "openvino", "auto")
+    assert float_row.estimator.describe()["precision"] != "int8"
